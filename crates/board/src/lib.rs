@@ -1,0 +1,1 @@
+//! Board agent: serves the protocol, runs training steps on an accelerator backend, reads power rails.

@@ -1,0 +1,196 @@
+//! What the host tells a board (or the in-process engine) before training starts.
+//!
+//! The host owns the schedule (epochs, learning rate per step, SMD coin); the engine owns the model,
+//! the optimizer state and the accelerator. This split is what lets the board-link work move the
+//! engine behind a serial protocol without changing either side.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Input tensor shape of one sample, channel-major (C, H, W).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputShape {
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+}
+
+impl InputShape {
+    pub fn pixels(&self) -> usize {
+        self.channels as usize * self.height as usize * self.width as usize
+    }
+}
+
+/// Model architecture. `ResNet { depth }` is the CIFAR family of depth 6n+2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModelKind {
+    ResNet { depth: u32 },
+    MobileNetV2,
+}
+
+impl ModelKind {
+    /// Blocks per stage for a CIFAR ResNet (depth = 6n + 2).
+    pub fn resnet_blocks_per_stage(depth: u32) -> Option<u32> {
+        if depth >= 8 && (depth - 2) % 6 == 0 { Some((depth - 2) / 6) } else { None }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelKind::ResNet { depth } => write!(f, "resnet{depth}"),
+            ModelKind::MobileNetV2 => write!(f, "mobilenetv2"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("unknown model '{0}': expected resnetN with N = 6n+2 (resnet8, resnet20, resnet32, ..., resnet110) or mobilenetv2")]
+pub struct ParseModelError(pub String);
+
+impl FromStr for ModelKind {
+    type Err = ParseModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let l = s.trim().to_ascii_lowercase().replace(['-', '_'], "");
+        if l == "mobilenetv2" {
+            return Ok(ModelKind::MobileNetV2);
+        }
+        if let Some(d) = l.strip_prefix("resnet") {
+            if let Ok(depth) = d.parse::<u32>() {
+                if ModelKind::resnet_blocks_per_stage(depth).is_some() {
+                    return Ok(ModelKind::ResNet { depth });
+                }
+            }
+        }
+        Err(ParseModelError(s.to_string()))
+    }
+}
+
+/// Where the convolution/linear GEMMs run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Precision {
+    /// The fp32 reference trainer (no accelerator, no counters).
+    Fp32,
+    /// The accelerator's numerics: INT16 codes everywhere unless PSG switches passes to INT8.
+    Accel,
+}
+
+/// PSG threshold rule (see DESIGN.md: the block compares against a CSR; "adaptive" sets that CSR per
+/// layer from c x max|P| of the layer's previous step).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PsgThreshold {
+    /// Absolute threshold on the real-valued predicted gradient.
+    Absolute(f32),
+    /// c x max|P| of the same layer (previous step's max).
+    Adaptive(f32),
+}
+
+/// Which parameters train (fine-tuning baselines).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrainOnly {
+    All,
+    /// Only the final classifier layer.
+    Last,
+}
+
+/// The E2-Train techniques, each switchable on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MethodConfig {
+    pub precision: Precision,
+    /// Stochastic mini-batch dropping (decided on the host; the engine only sees kept batches).
+    pub smd: bool,
+    /// Probability of dropping a mini-batch.
+    pub smd_p: f32,
+    /// Apply the reference code's momentum/weight-decay step on a dropped batch.
+    pub smd_momentum_step: bool,
+    /// Selective layer update (gated residual blocks).
+    pub slu: bool,
+    /// Target executed fraction of gated-block cost (0..1).
+    pub slu_target: f32,
+    /// Weight of the computation-cost regulariser.
+    pub slu_beta: f32,
+    /// Predictive sign gradient descent.
+    pub psg: bool,
+    pub psg_threshold: PsgThreshold,
+}
+
+impl MethodConfig {
+    pub fn fp32() -> Self {
+        MethodConfig {
+            precision: Precision::Fp32,
+            smd: false,
+            smd_p: 0.5,
+            smd_momentum_step: false,
+            slu: false,
+            slu_target: 0.5,
+            slu_beta: 1e-5,
+            psg: false,
+            psg_threshold: PsgThreshold::Adaptive(0.05),
+        }
+    }
+    pub fn baseline() -> Self {
+        MethodConfig { precision: Precision::Accel, ..Self::fp32() }
+    }
+    pub fn e2train() -> Self {
+        MethodConfig { smd: true, slu: true, psg: true, ..Self::baseline() }
+    }
+    /// Short name used in run folders, CSVs and reports, e.g. `smd+slu+psg`.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.smd {
+            parts.push("smd");
+        }
+        if self.slu {
+            parts.push("slu");
+        }
+        if self.psg {
+            parts.push("psg");
+        }
+        match (self.precision, parts.is_empty()) {
+            (Precision::Fp32, true) => "fp32".into(),
+            (Precision::Fp32, false) => format!("fp32+{}", parts.join("+")),
+            (Precision::Accel, true) => "baseline".into(),
+            (Precision::Accel, false) => parts.join("+"),
+        }
+    }
+}
+
+/// Everything an engine needs to build its model and optimizer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EngineConfig {
+    pub model: ModelKind,
+    pub input: InputShape,
+    pub classes: u32,
+    /// Per-channel mean and std, applied to `u8 / 255` on the engine side.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub method: MethodConfig,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+    pub train_only: TrainOnly,
+    /// Accelerator array shape (rows, cols); ignored by the fp32 engine.
+    pub array: (u32, u32),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_parse() {
+        assert_eq!("resnet8".parse::<ModelKind>(), Ok(ModelKind::ResNet { depth: 8 }));
+        assert_eq!("ResNet-110".parse::<ModelKind>(), Ok(ModelKind::ResNet { depth: 110 }));
+        assert_eq!("mobilenet_v2".parse::<ModelKind>(), Ok(ModelKind::MobileNetV2));
+        assert!("resnet9".parse::<ModelKind>().is_err());
+        assert!("vgg".parse::<ModelKind>().is_err());
+    }
+
+    #[test]
+    fn method_labels() {
+        assert_eq!(MethodConfig::fp32().label(), "fp32");
+        assert_eq!(MethodConfig::baseline().label(), "baseline");
+        assert_eq!(MethodConfig::e2train().label(), "smd+slu+psg");
+    }
+}

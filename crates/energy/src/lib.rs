@@ -1,0 +1,1 @@
+//! Energy model: per-operation tables (asic45, zc706), measurement windows, power integration.

@@ -1,0 +1,1 @@
+//! Host side: training runs (schedule, SMD coin, run folder, progress) against a board.

@@ -1,0 +1,1 @@
+//! Link transports (serial, pseudo-terminal, in-process), reliable delivery and fault injection.

@@ -1,0 +1,1 @@
+//! Sweeps, confidence intervals, SVG plots and Markdown reports from run folders.

@@ -1,0 +1,1 @@
+//! A Verilator 5 harness for Rust: build-time model generation and a small runtime.

@@ -1,0 +1,1 @@
+//! Verilated models of rtl/ and drivers for the RTL regression suite.
