@@ -1,1 +1,182 @@
-//! Accelerator interface and the soft accelerator: bit-exact numerics, counters and cycle model.
+//! Accelerator interface and the soft accelerator.
+//!
+//! - [`Accelerator`]: what the trainer asks of an accelerator, one hardware command per call: a GEMM of
+//!   16-bit code matrices in INT16 or INT8 mode with requantized, raw 48-bit or sign output; a PSG
+//!   weight-gradient GEMM against a threshold; 64-bit counters with snapshot and clear. Its semantics
+//!   are those of `rtl/README.md` (command limits, threshold CSR rule, tiling by the array shape).
+//! - [`SoftAccel`]: the fast software implementation every everyday run uses. Invariants: results are
+//!   bit-identical to the golden model in `e2t-numerics` (it computes on exact-integer-valued floats,
+//!   chunking K so every partial sum is exact), and its counters equal the RTL's for the same commands
+//!   (the cycle formula of `rtl/README.md` with streams that never stall).
+//! - [`AccelGemm`]: the `e2t_nn::GemmEngine` that runs a layer's three GEMMs on an [`Accelerator`]:
+//!   quantizes fp32 tensors to codes with power-of-two scales, splits GEMMs to the command limits,
+//!   dequantizes, applies PSG to weight gradients and keeps per-layer PSG statistics.
+
+mod engine;
+mod fast;
+mod matrix;
+mod soft;
+
+pub use engine::{
+    AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, GradRounding, LayerPsgState,
+};
+pub use matrix::CodeMatrix;
+pub use soft::SoftAccel;
+
+pub use e2t_core::{Counters, Mode};
+pub use e2t_numerics::{HwThreshold, PredRounding, PsgCounts};
+
+/// Largest M and N of one command (`DIM_MN_MAX` in `rtl/pkg/e2t_pkg.sv`).
+pub const DIM_MN_MAX: usize = 65535;
+/// Largest K of one command (`DIM_K_MAX`).
+pub const DIM_K_MAX: usize = 16_777_215;
+
+/// Array shape R x C: the output tile of every command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArrayShape {
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Where a GEMM command's result goes, and in which format (`CMD_CFG.OUT_FMT`).
+#[derive(Debug)]
+pub enum GemmOut<'o> {
+    /// Requantized: `sat16((acc + half) >> shift)`, shift `0..=47`. Row-major `[m, n]`.
+    Requant { shift: u32, out: &'o mut [i16] },
+    /// Raw 48-bit accumulators, sign-extended. Row-major `[m, n]`.
+    Raw(&'o mut [i64]),
+    /// `sign(acc)` in {-1, 0, +1}. Row-major `[m, n]`.
+    Sign(&'o mut [i8]),
+}
+
+impl GemmOut<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            GemmOut::Requant { out, .. } => out.len(),
+            GemmOut::Raw(o) => o.len(),
+            GemmOut::Sign(o) => o.len(),
+        }
+    }
+}
+
+/// What a PSG command reports besides its signs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PsgReport {
+    pub counts: PsgCounts,
+    /// max|P| over this command's predicted entries (the status beats' maximum).
+    pub max_abs_p: u64,
+    /// The threshold the block compared against.
+    pub threshold: u64,
+}
+
+/// Errors of accelerator commands. Each names the offending argument and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccelError {
+    #[error("array shape {rows} x {cols}: each side must be 1..=32 and the column count even")]
+    ArrayShape { rows: usize, cols: usize },
+    #[error(
+        "matrix view {rows} x {cols} with strides ({row_stride}, {col_stride}) does not fit in {len} elements"
+    )]
+    View {
+        rows: usize,
+        cols: usize,
+        row_stride: usize,
+        col_stride: usize,
+        len: usize,
+    },
+    #[error("inner dimensions differ: A is {a_rows} x {a_cols}, B is {b_rows} x {b_cols}")]
+    Inner {
+        a_rows: usize,
+        a_cols: usize,
+        b_rows: usize,
+        b_cols: usize,
+    },
+    #[error(
+        "command dimensions M={m}, K={k}, N={n}: each must be at least 1, M and N at most 65535, K at most 16777215"
+    )]
+    Dims { m: usize, k: usize, n: usize },
+    #[error("output buffer holds {got} entries, expected M x N = {expected}")]
+    Output { got: usize, expected: usize },
+    #[error("{op}: operand shapes {lhs:?} and {rhs:?} with output {out:?} do not form a GEMM")]
+    LayerShapes {
+        op: &'static str,
+        lhs: (usize, usize),
+        rhs: (usize, usize),
+        out: (usize, usize),
+    },
+    #[error("requantization shift {0} out of range: expected 0..=47")]
+    Shift(u32),
+    #[error("cycle model: {0}")]
+    Cycles(String),
+    #[error(transparent)]
+    Numerics(#[from] e2t_numerics::NumericsError),
+}
+
+/// One accelerator: every method is one hardware command (or CSR access) with the semantics of
+/// `rtl/README.md`. Operands are `[m, k]` (A) and `[k, n]` (B) code matrices; outputs are row-major
+/// `[m, n]`. Commands past the limits (zero or too-large dimensions, bad shift, threshold fields wider
+/// than their CSR) are rejected with an error and change no result.
+pub trait Accelerator: Send {
+    /// The array's R x C (the output tile).
+    fn array_shape(&self) -> ArrayShape;
+
+    /// `C = A · B` in `mode` (`OP_GEMM`).
+    fn gemm(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        out: GemmOut<'_>,
+    ) -> Result<(), AccelError>;
+
+    /// Predictive sign GEMM (`OP_PSG`): INT8 prediction per tile, `|P| < threshold` marks an entry
+    /// uncertain, tiles holding one are recomputed in INT16 and take their signs from the exact
+    /// result. Writes one sign per entry into `signs` (row-major `[m, n]`).
+    fn psg(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        threshold: HwThreshold,
+        pred: PredRounding,
+        signs: &mut [i8],
+    ) -> Result<PsgReport, AccelError>;
+
+    /// Freeze the live counters into the readable snapshot and return it (`CTRL.CNT_SNAPSHOT`).
+    fn snapshot(&mut self) -> Counters;
+
+    /// Zero the live counters (`CTRL.CNT_CLEAR`); the snapshot keeps its values.
+    fn clear_counters(&mut self);
+
+    /// Running max|P| over all PSG predictions since reset or [`Accelerator::clear_max_p`] (`PSG_MAXP`).
+    fn max_p(&self) -> u64;
+
+    /// `CTRL.MAXP_CLEAR`.
+    fn clear_max_p(&mut self);
+}
+
+/// Validate a command's shapes against each other, the output length and the hardware limits.
+pub(crate) fn check_command(
+    a: &CodeMatrix<'_>,
+    b: &CodeMatrix<'_>,
+    out_len: usize,
+) -> Result<(usize, usize, usize), AccelError> {
+    if a.cols() != b.rows() {
+        return Err(AccelError::Inner {
+            a_rows: a.rows(),
+            a_cols: a.cols(),
+            b_rows: b.rows(),
+            b_cols: b.cols(),
+        });
+    }
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    if m == 0 || n == 0 || k == 0 || m > DIM_MN_MAX || n > DIM_MN_MAX || k > DIM_K_MAX {
+        return Err(AccelError::Dims { m, k, n });
+    }
+    if out_len != m * n {
+        return Err(AccelError::Output {
+            got: out_len,
+            expected: m * n,
+        });
+    }
+    Ok((m, k, n))
+}

@@ -1,0 +1,1044 @@
+//! `AccelGemm`: a layer's three GEMMs on an [`Accelerator`] (the `e2t_nn::GemmEngine` seam).
+//!
+//! Quantization (see `e2t_numerics::quant` for the exponent rule and rounding):
+//! - forward `y = x · w`: `x` per tensor, `w` per output column (one exponent per column of the `[K,N]`
+//!   weight matrix), both as 16-bit codes (INT16 mode) or as 8-bit tensors (INT8 mode, rounded to
+//!   the high byte). Result: raw 48-bit accumulators, `y[i,j] = acc * 2^(ex + ew_j)`.
+//! - backward data `dx = dy · wᵀ`: here the contraction runs over the output channels, so a
+//!   per-column weight scale would differ along K and could not be factored out of an integer dot
+//!   product; the weights are therefore quantized per tensor for this GEMM. INT16 mode.
+//! - backward weight `dw = xᵀ · dy`: `x` and `dy` per tensor. Either a full INT16 GEMM (baseline) or
+//!   PSG: INT8 prediction, threshold, INT16 recompute of uncertain tiles; `dw` then holds the signs.
+//!
+//! `dy` may use seeded stochastic rounding; its random stream is derived from (seed, step, layer), so
+//! both backward GEMMs of a layer see the same codes and a run is reproducible. GEMMs beyond one
+//! command's limits (M or N above 65535, K above 2^24 - 1) are split into several commands; raw
+//! accumulators of K pieces are summed on the host.
+//!
+//! PSG threshold per layer (the block compares `|P|` with a threshold in INT8-accumulator units,
+//! whose real value is `2^(ex + edy + 16)` per unit):
+//! - `Absolute(t)`: `ceil(t / 2^(ex+edy+16))`, so "certain iff |P| * unit >= t" holds exactly;
+//! - `Adaptive(c)`: the block's adaptive mode with `c` in Q0.16 (rounded, at most 65535/65536) and
+//!   the reference `max|P|` of this layer's previous PSG step, rescaled to this step's units (floor).
+//!   A layer's first PSG step has no previous max: it uses the largest threshold, so every tile is
+//!   recomputed and the first update uses exact signs (and yields the first max|P|).
+//!
+//! Errors from the accelerator cannot cross the `GemmEngine` seam (its methods return nothing): the
+//! first one is kept for [`AccelGemm::take_error`], and the affected output is zeroed.
+
+use crate::{AccelError, Accelerator, CodeMatrix, DIM_K_MAX, DIM_MN_MAX, GemmOut, PsgReport};
+use e2t_core::{Counters, LayerPsgStats, MethodConfig, Mode, Precision, PsgThreshold};
+use e2t_nn::{GemmEngine, LayerId};
+use e2t_numerics::{
+    HwThreshold, PredRounding, THR_MAX, choose_exp, choose_exp_8bit, max_abs_finite,
+    quantize_columns, quantize_columns_8bit, quantize_into, quantize_into_8bit,
+    quantize_stochastic,
+};
+use ndarray::{ArrayView2, ArrayViewMut2, Zip};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+/// How weight gradients are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BackwardWeight {
+    /// Full INT16 GEMM; `dw` is the dequantized gradient.
+    Int16,
+    /// PSG; `dw` holds the signs (+1, -1, 0).
+    Psg {
+        threshold: PsgThreshold,
+        pred: PredRounding,
+    },
+}
+
+/// Rounding of output gradients `dy` to codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GradRounding {
+    /// Round to nearest, ties to even.
+    Nearest,
+    /// Seeded stochastic rounding (reproducible: see the module doc).
+    Stochastic { seed: u64 },
+}
+
+/// What runs in which mode.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AccelGemmConfig {
+    pub forward_mode: Mode,
+    pub backward_weight: BackwardWeight,
+    pub grad_rounding: GradRounding,
+}
+
+impl AccelGemmConfig {
+    /// INT16 everywhere (the accelerator baseline).
+    pub fn baseline() -> Self {
+        AccelGemmConfig {
+            forward_mode: Mode::Int16,
+            backward_weight: BackwardWeight::Int16,
+            grad_rounding: GradRounding::Nearest,
+        }
+    }
+
+    /// PSG: forward in INT8, weight gradients by PSG with nearest-rounded prediction bytes.
+    pub fn psg(threshold: PsgThreshold) -> Self {
+        AccelGemmConfig {
+            forward_mode: Mode::Int8,
+            backward_weight: BackwardWeight::Psg {
+                threshold,
+                pred: PredRounding::Nearest,
+            },
+            grad_rounding: GradRounding::Nearest,
+        }
+    }
+
+    /// The configuration a method asks for (`None` for the fp32 trainer, which has no accelerator).
+    pub fn from_method(m: &MethodConfig) -> Option<Self> {
+        match m.precision {
+            Precision::Fp32 => None,
+            Precision::Accel if m.psg => Some(Self::psg(m.psg_threshold)),
+            Precision::Accel => Some(Self::baseline()),
+        }
+    }
+}
+
+/// Per-layer PSG state carried across steps (part of a checkpoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerPsgState {
+    /// The layer's last max|P| and the exponent of its unit (`ex + edy + 16`).
+    pub prev_max_p: Option<(u64, i32)>,
+}
+
+/// Everything [`AccelGemm`] needs to continue a run bit-identically (its accelerator's counters are
+/// the accelerator's business).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelGemmState {
+    pub layers: Vec<(String, LayerPsgState)>,
+    pub step: u64,
+}
+
+struct LayerEntry {
+    state: LayerPsgState,
+    stats: LayerPsgStats,
+}
+
+/// The accelerator-backed [`GemmEngine`].
+pub struct AccelGemm<A: Accelerator> {
+    accel: A,
+    cfg: AccelGemmConfig,
+    layers: Vec<LayerEntry>,
+    index: HashMap<String, usize>,
+    step: u64,
+    error: Option<AccelError>,
+    // Scratch reused across calls (large activations would otherwise be re-allocated every GEMM).
+    qa: Vec<i16>,
+    qb: Vec<i16>,
+    acc: Vec<i64>,
+    signs: Vec<i8>,
+}
+
+/// Elements per parallel quantization chunk.
+const QCHUNK: usize = 1 << 14;
+
+impl<A: Accelerator> AccelGemm<A> {
+    pub fn new(accel: A, cfg: AccelGemmConfig) -> Self {
+        AccelGemm {
+            accel,
+            cfg,
+            layers: Vec::new(),
+            index: HashMap::new(),
+            step: 0,
+            error: None,
+            qa: Vec::new(),
+            qb: Vec::new(),
+            acc: Vec::new(),
+            signs: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &AccelGemmConfig {
+        &self.cfg
+    }
+    pub fn set_config(&mut self, cfg: AccelGemmConfig) {
+        self.cfg = cfg;
+    }
+    pub fn accel(&self) -> &A {
+        &self.accel
+    }
+    pub fn accel_mut(&mut self) -> &mut A {
+        &mut self.accel
+    }
+    pub fn into_inner(self) -> A {
+        self.accel
+    }
+
+    /// Snapshot of the accelerator's counters.
+    pub fn counters(&mut self) -> Counters {
+        self.accel.snapshot()
+    }
+
+    /// The training step the next GEMMs belong to (keys the stochastic-rounding stream).
+    pub fn set_step(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// The first accelerator error since the last call, if any (see the module doc).
+    pub fn take_error(&mut self) -> Option<AccelError> {
+        self.error.take()
+    }
+
+    /// PSG statistics per layer (in first-use order) since the last reset.
+    pub fn psg_stats(&self) -> Vec<LayerPsgStats> {
+        self.layers.iter().map(|l| l.stats.clone()).collect()
+    }
+
+    /// Zero the PSG statistics (keeps thresholds' state).
+    pub fn reset_psg_stats(&mut self) {
+        for l in &mut self.layers {
+            l.stats = LayerPsgStats {
+                layer: l.stats.layer.clone(),
+                ..Default::default()
+            };
+        }
+    }
+
+    /// [`Self::psg_stats`] then [`Self::reset_psg_stats`]; layers without PSG work are left out.
+    pub fn take_psg_stats(&mut self) -> Vec<LayerPsgStats> {
+        let s = self
+            .psg_stats()
+            .into_iter()
+            .filter(|s| s.predicted > 0)
+            .collect();
+        self.reset_psg_stats();
+        s
+    }
+
+    pub fn state(&self) -> AccelGemmState {
+        AccelGemmState {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| (l.stats.layer.clone(), l.state))
+                .collect(),
+            step: self.step,
+        }
+    }
+
+    pub fn restore_state(&mut self, s: &AccelGemmState) {
+        self.layers.clear();
+        self.index.clear();
+        for (name, st) in &s.layers {
+            let i = self.layer_index(name);
+            self.layers[i].state = *st;
+        }
+        self.step = s.step;
+    }
+
+    fn layer_index(&mut self, layer: &str) -> usize {
+        if let Some(&i) = self.index.get(layer) {
+            return i;
+        }
+        self.layers.push(LayerEntry {
+            state: LayerPsgState::default(),
+            stats: LayerPsgStats {
+                layer: layer.to_string(),
+                ..Default::default()
+            },
+        });
+        self.index.insert(layer.to_string(), self.layers.len() - 1);
+        self.layers.len() - 1
+    }
+
+    fn record(&mut self, e: AccelError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    /// Quantize the output gradient per tensor with the configured rounding.
+    fn quantize_grad(&self, layer: &str, dy: &[f32], out: &mut Vec<i16>) -> i32 {
+        match self.cfg.grad_rounding {
+            GradRounding::Nearest => quantize_par(dy, out, false),
+            GradRounding::Stochastic { seed } => {
+                let e = choose_exp(max_abs_par(dy));
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    seed ^ mix(self.step) ^ mix(fnv1a(layer)).rotate_left(17),
+                );
+                *out = quantize_stochastic(dy, e, &mut rng);
+                e
+            }
+        }
+    }
+
+    fn forward_impl(
+        &mut self,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut y: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        check_shapes(
+            "forward",
+            x.dim(),
+            w.dim(),
+            y.dim(),
+            (x.ncols(), w.nrows()),
+            (x.nrows(), w.ncols()),
+        )?;
+        let (m, k) = x.dim();
+        let n = w.ncols();
+        let xs = contiguous(&x);
+        let ws = contiguous(&w);
+        let eight = self.cfg.forward_mode == Mode::Int8;
+        let mut qa = std::mem::take(&mut self.qa);
+        let ex = quantize_par(&xs, &mut qa, eight);
+        let (qw, ew) = if eight {
+            quantize_columns_8bit(&ws, k, n)
+        } else {
+            quantize_columns(&ws, k, n)
+        }
+        .ok_or(AccelError::View {
+            rows: k,
+            cols: n,
+            row_stride: n,
+            col_stride: 1,
+            len: ws.len(),
+        })?;
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.resize(m * n, 0);
+        let r = self.run_raw(
+            CodeMatrix::row_major(&qa, m, k)?,
+            CodeMatrix::row_major(&qw, k, n)?,
+            self.cfg.forward_mode,
+            &mut acc,
+        );
+        if r.is_ok() {
+            // INT8 mode multiplies high bytes: each accumulator unit is 2^8 * 2^8 code units.
+            let unit = if eight { 16 } else { 0 };
+            let scales: Vec<f64> = ew.iter().map(|&e| pow2(ex + e + unit)).collect();
+            write_scaled(&mut y, &acc, &scales);
+        }
+        self.qa = qa;
+        self.acc = acc;
+        r
+    }
+
+    fn backward_data_impl(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut dx: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        check_shapes(
+            "backward_data",
+            dy.dim(),
+            w.dim(),
+            dx.dim(),
+            (dy.ncols(), w.ncols()),
+            (dy.nrows(), w.nrows()),
+        )?;
+        let (m, n) = dy.dim();
+        let k = w.nrows();
+        let dys = contiguous(&dy);
+        let ws = contiguous(&w);
+        let mut qa = std::mem::take(&mut self.qa);
+        let edy = self.quantize_grad(layer, &dys, &mut qa);
+        let mut qw = std::mem::take(&mut self.qb);
+        let ew = quantize_par(&ws, &mut qw, false);
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.resize(m * k, 0);
+        // B = wᵀ, [N, K]: a transposed view of the row-major [K, N] codes.
+        let r = self.run_raw(
+            CodeMatrix::row_major(&qa, m, n)?,
+            CodeMatrix::row_major(&qw, k, n)?.t(),
+            Mode::Int16,
+            &mut acc,
+        );
+        if r.is_ok() {
+            write_scaled(&mut dx, &acc, &vec![pow2(edy + ew); k]);
+        }
+        self.qa = qa;
+        self.qb = qw;
+        self.acc = acc;
+        r
+    }
+
+    fn backward_weight_impl(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        mut dw: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        check_shapes(
+            "backward_weight",
+            x.dim(),
+            dy.dim(),
+            dw.dim(),
+            (x.nrows(), dy.nrows()),
+            (x.ncols(), dy.ncols()),
+        )?;
+        let (m, k) = x.dim();
+        let n = dy.ncols();
+        let xs = contiguous(&x);
+        let dys = contiguous(&dy);
+        let mut qa = std::mem::take(&mut self.qa);
+        let ex = quantize_par(&xs, &mut qa, false);
+        let mut qb = std::mem::take(&mut self.qb);
+        let edy = self.quantize_grad(layer, &dys, &mut qb);
+        // A = xᵀ, [K, M]; B = dy, [M, N].
+        let r = (|| {
+            let a = CodeMatrix::row_major(&qa, m, k)?.t();
+            let b = CodeMatrix::row_major(&qb, m, n)?;
+            match self.cfg.backward_weight {
+                BackwardWeight::Int16 => {
+                    let mut acc = std::mem::take(&mut self.acc);
+                    acc.resize(k * n, 0);
+                    let r = self.run_raw(a, b, Mode::Int16, &mut acc);
+                    if r.is_ok() {
+                        write_scaled(&mut dw, &acc, &vec![pow2(ex + edy); n]);
+                    }
+                    self.acc = acc;
+                    r
+                }
+                BackwardWeight::Psg { threshold, pred } => {
+                    let unit_exp = ex + edy + 16;
+                    let li = self.layer_index(layer);
+                    let hw = hw_threshold(threshold, unit_exp, self.layers[li].state.prev_max_p);
+                    let mut signs = std::mem::take(&mut self.signs);
+                    signs.resize(k * n, 0);
+                    let r = self.run_psg(a, b, hw, pred, &mut signs);
+                    if let Ok(rep) = &r {
+                        let e = &mut self.layers[li];
+                        e.state.prev_max_p = Some((rep.max_abs_p, unit_exp));
+                        e.stats.predicted += rep.counts.predicted;
+                        e.stats.uncertain += rep.counts.uncertain;
+                        e.stats.tiles += rep.counts.tiles;
+                        e.stats.recomputed_tiles += rep.counts.recomputed_tiles;
+                        Zip::from(&mut dw)
+                            .and(ndarray::ArrayView2::from_shape((k, n), &signs[..]).map_err(
+                                |_| AccelError::Output {
+                                    got: signs.len(),
+                                    expected: k * n,
+                                },
+                            )?)
+                            .for_each(|d, &s| *d = s as f32);
+                    }
+                    self.signs = signs;
+                    r.map(|_| ())
+                }
+            }
+        })();
+        self.qa = qa;
+        self.qb = qb;
+        r
+    }
+
+    /// Raw GEMM split into commands within the hardware limits.
+    fn run_raw(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        out: &mut [i64],
+    ) -> Result<(), AccelError> {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            out.fill(0);
+            return Ok(());
+        }
+        let (ms, ns) = self.split_limits();
+        if m <= ms && n <= ns && k <= DIM_K_MAX {
+            return self.accel.gemm(a, b, mode, GemmOut::Raw(out));
+        }
+        out.fill(0);
+        let mut tmp = Vec::new();
+        for r0 in (0..m).step_by(ms) {
+            let r1 = (r0 + ms).min(m);
+            for c0 in (0..n).step_by(ns) {
+                let c1 = (c0 + ns).min(n);
+                for k0 in (0..k).step_by(DIM_K_MAX) {
+                    let k1 = (k0 + DIM_K_MAX).min(k);
+                    tmp.resize((r1 - r0) * (c1 - c0), 0);
+                    self.accel.gemm(
+                        a.sub(r0, r1, k0, k1),
+                        b.sub(k0, k1, c0, c1),
+                        mode,
+                        GemmOut::Raw(&mut tmp),
+                    )?;
+                    for (i, row) in tmp.chunks_exact(c1 - c0).enumerate() {
+                        for (o, &v) in out[(r0 + i) * n + c0..][..c1 - c0].iter_mut().zip(row) {
+                            *o = o.wrapping_add(v);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// PSG split over output blocks within the limits (K cannot be split: signs need whole sums).
+    fn run_psg(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        thr: HwThreshold,
+        pred: PredRounding,
+        signs: &mut [i8],
+    ) -> Result<PsgReport, AccelError> {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        if m == 0 || n == 0 || k == 0 {
+            signs.fill(0);
+            return Ok(PsgReport {
+                threshold: thr.effective()?,
+                ..Default::default()
+            });
+        }
+        let (ms, ns) = self.split_limits();
+        if m <= ms && n <= ns {
+            return self.accel.psg(a, b, thr, pred, signs);
+        }
+        let mut total = PsgReport::default();
+        let mut tmp = Vec::new();
+        for r0 in (0..m).step_by(ms) {
+            let r1 = (r0 + ms).min(m);
+            for c0 in (0..n).step_by(ns) {
+                let c1 = (c0 + ns).min(n);
+                tmp.resize((r1 - r0) * (c1 - c0), 0);
+                let rep = self.accel.psg(
+                    a.sub(r0, r1, 0, k),
+                    b.sub(0, k, c0, c1),
+                    thr,
+                    pred,
+                    &mut tmp,
+                )?;
+                for (i, row) in tmp.chunks_exact(c1 - c0).enumerate() {
+                    signs[(r0 + i) * n + c0..][..c1 - c0].copy_from_slice(row);
+                }
+                total.counts.predicted += rep.counts.predicted;
+                total.counts.uncertain += rep.counts.uncertain;
+                total.counts.tiles += rep.counts.tiles;
+                total.counts.recomputed_tiles += rep.counts.recomputed_tiles;
+                total.max_abs_p = total.max_abs_p.max(rep.max_abs_p);
+                total.threshold = rep.threshold;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Largest M and N per command: multiples of the array sides, so splitting leaves the tiling
+    /// (and so the counts) as in one big command.
+    fn split_limits(&self) -> (usize, usize) {
+        let s = self.accel.array_shape();
+        (
+            (DIM_MN_MAX / s.rows.max(1)) * s.rows.max(1),
+            (DIM_MN_MAX / s.cols.max(1)) * s.cols.max(1),
+        )
+    }
+}
+
+impl<A: Accelerator> GemmEngine for AccelGemm<A> {
+    fn forward(
+        &mut self,
+        _layer: LayerId<'_>,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut y: ArrayViewMut2<'_, f32>,
+    ) {
+        if let Err(e) = self.forward_impl(x, w, y.view_mut()) {
+            y.fill(0.0);
+            self.record(e);
+        }
+    }
+
+    fn backward_data(
+        &mut self,
+        layer: LayerId<'_>,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut dx: ArrayViewMut2<'_, f32>,
+    ) {
+        if let Err(e) = self.backward_data_impl(layer, dy, w, dx.view_mut()) {
+            dx.fill(0.0);
+            self.record(e);
+        }
+    }
+
+    fn backward_weight(
+        &mut self,
+        layer: LayerId<'_>,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        mut dw: ArrayViewMut2<'_, f32>,
+    ) {
+        if let Err(e) = self.backward_weight_impl(layer, x, dy, dw.view_mut()) {
+            dw.fill(0.0);
+            self.record(e);
+        }
+    }
+}
+
+/// Operand and output shapes of one `GemmEngine` call: the contracted sides must agree and the
+/// output must have the expected shape (otherwise nothing is computed).
+fn check_shapes(
+    op: &'static str,
+    lhs: (usize, usize),
+    rhs: (usize, usize),
+    out: (usize, usize),
+    inner: (usize, usize),
+    expected_out: (usize, usize),
+) -> Result<(), AccelError> {
+    if inner.0 != inner.1 || out != expected_out {
+        return Err(AccelError::LayerShapes { op, lhs, rhs, out });
+    }
+    Ok(())
+}
+
+/// The block's threshold for this step (see the module doc).
+fn hw_threshold(rule: PsgThreshold, unit_exp: i32, prev: Option<(u64, i32)>) -> HwThreshold {
+    match rule {
+        PsgThreshold::Absolute(t) => HwThreshold::Absolute(absolute_units(t, unit_exp)),
+        PsgThreshold::Adaptive(c) => match prev {
+            Some((max_p, prev_exp)) => HwThreshold::Adaptive {
+                c_q16: c_q16(c),
+                reference: rescale(max_p, prev_exp - unit_exp),
+            },
+            None => HwThreshold::Absolute(THR_MAX),
+        },
+    }
+}
+
+/// `ceil(t / 2^unit_exp)` clamped to the CSR; non-positive or NaN thresholds give 0.
+pub(crate) fn absolute_units(t: f32, unit_exp: i32) -> u64 {
+    let v = t as f64 * pow2(-unit_exp);
+    if v.is_nan() || v <= 0.0 {
+        0
+    } else if v >= THR_MAX as f64 {
+        THR_MAX
+    } else {
+        v.ceil() as u64
+    }
+}
+
+/// `c` in Q0.16, rounded to nearest, clamped to `0..=65535`.
+pub(crate) fn c_q16(c: f32) -> u16 {
+    let v = (c as f64 * 65536.0).round();
+    if v.is_nan() || v <= 0.0 {
+        0
+    } else {
+        v.min(65535.0) as u16
+    }
+}
+
+/// `max_p * 2^d` (floor), clamped to the CSR.
+pub(crate) fn rescale(max_p: u64, d: i32) -> u64 {
+    if max_p == 0 {
+        0
+    } else if d >= 0 {
+        if d >= 48 {
+            THR_MAX
+        } else {
+            ((max_p as u128) << d).min(THR_MAX as u128) as u64
+        }
+    } else if d <= -64 {
+        0
+    } else {
+        (max_p >> (-d)).min(THR_MAX)
+    }
+}
+
+fn pow2(e: i32) -> f64 {
+    f64::powi(2.0, e)
+}
+
+fn contiguous<'a>(v: &'a ArrayView2<'_, f32>) -> Cow<'a, [f32]> {
+    match v.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(v.iter().copied().collect()),
+    }
+}
+
+fn max_abs_par(xs: &[f32]) -> f32 {
+    xs.par_chunks(QCHUNK)
+        .map(max_abs_finite)
+        .reduce(|| 0.0, f32::max)
+}
+
+/// Per-tensor quantization in parallel (identical to `e2t_numerics::quantize_tensor`/`_8bit`).
+fn quantize_par(xs: &[f32], out: &mut Vec<i16>, eight: bool) -> i32 {
+    let max = max_abs_par(xs);
+    let e = if eight {
+        choose_exp_8bit(max)
+    } else {
+        choose_exp(max)
+    };
+    out.resize(xs.len(), 0);
+    out.par_chunks_mut(QCHUNK)
+        .zip(xs.par_chunks(QCHUNK))
+        .for_each(|(o, x)| {
+            if eight {
+                quantize_into_8bit(x, e, o)
+            } else {
+                quantize_into(x, e, o)
+            }
+        });
+    e
+}
+
+/// `y[i,j] = acc[i*n + j] * scale[j]` (row-major `acc`), in parallel.
+fn write_scaled(y: &mut ArrayViewMut2<'_, f32>, acc: &[i64], scale: &[f64]) {
+    let n = scale.len();
+    Zip::indexed(y).par_for_each(|(i, j), v| *v = (acc[i * n + j] as f64 * scale[j]) as f32);
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// splitmix64 finalizer: spreads nearby integers (steps) over the seed space.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SoftAccel;
+    use e2t_numerics::{
+        dequantize, gemm_ref, psg_ref_with, quantize_columns, quantize_columns_8bit,
+        quantize_tensor, quantize_tensor_8bit,
+    };
+    use ndarray::Array2;
+    use rand::{Rng, SeedableRng};
+
+    fn rand_mat(rng: &mut ChaCha8Rng, r: usize, c: usize, scale: f32) -> Array2<f32> {
+        Array2::from_shape_fn((r, c), |_| (rng.random::<f32>() - 0.5) * scale)
+    }
+
+    fn engine(cfg: AccelGemmConfig) -> AccelGemm<SoftAccel> {
+        AccelGemm::new(SoftAccel::new(4, 4).unwrap(), cfg)
+    }
+
+    /// Golden: quantize with the numerics crate, integer GEMM, dequantize.
+    fn golden_forward(x: &Array2<f32>, w: &Array2<f32>, mode: Mode) -> Array2<f32> {
+        let (m, k) = x.dim();
+        let n = w.ncols();
+        let xs = x.as_slice().unwrap();
+        let ws = w.as_slice().unwrap();
+        let ((qx, ex), (qw, ew)) = match mode {
+            Mode::Int16 => (quantize_tensor(xs), quantize_columns(ws, k, n).unwrap()),
+            Mode::Int8 => (
+                quantize_tensor_8bit(xs),
+                quantize_columns_8bit(ws, k, n).unwrap(),
+            ),
+        };
+        let acc = gemm_ref(&qx, &qw, m, k, n, mode).unwrap();
+        // value = code * 2^e and INT8 multiplies code >> 8: an INT8 accumulator unit is 2^(ex+ew+16).
+        let unit = if mode == Mode::Int8 { 16 } else { 0 };
+        Array2::from_shape_fn((m, n), |(i, j)| {
+            (acc[i * n + j] as f64 * pow2(ex + ew[j] + unit)) as f32
+        })
+    }
+
+    #[test]
+    fn forward_is_bit_exact_and_close_to_fp32() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for mode in [Mode::Int16, Mode::Int8] {
+            let x = rand_mat(&mut rng, 37, 19, 4.0);
+            let mut w = rand_mat(&mut rng, 19, 6, 0.5);
+            w.column_mut(2).mapv_inplace(|v| v * 1e-3); // a small column keeps its own scale
+            let mut e = engine(AccelGemmConfig {
+                forward_mode: mode,
+                ..AccelGemmConfig::baseline()
+            });
+            let mut y = Array2::zeros((37, 6));
+            e.forward("l", x.view(), w.view(), y.view_mut());
+            assert!(e.take_error().is_none());
+            assert_eq!(y, golden_forward(&x, &w, mode));
+            let fp = x.dot(&w);
+            let tol = if mode == Mode::Int16 { 1e-3 } else { 6e-2 };
+            for j in 0..6 {
+                let scale = fp.column(j).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                for i in 0..37 {
+                    assert!(
+                        (y[[i, j]] - fp[[i, j]]).abs() <= tol * scale,
+                        "{mode:?} ({i},{j}): {} vs {}",
+                        y[[i, j]],
+                        fp[[i, j]]
+                    );
+                }
+            }
+            let c = e.counters();
+            assert_eq!(c.gemms, 1);
+            match mode {
+                Mode::Int16 => assert_eq!(c.macs_int16, 37 * 19 * 6),
+                Mode::Int8 => assert_eq!(c.macs_int8, 37 * 19 * 6),
+            }
+        }
+    }
+
+    #[test]
+    fn backward_data_uses_per_tensor_weights() {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let dy = rand_mat(&mut rng, 23, 5, 1e-3);
+        let w = rand_mat(&mut rng, 9, 5, 0.3);
+        let mut e = engine(AccelGemmConfig::baseline());
+        let mut dx = Array2::zeros((23, 9));
+        // A non-contiguous input view: a transposed copy viewed back.
+        let dyt = dy.t().to_owned();
+        e.backward_data("l", dyt.t(), w.view(), dx.view_mut());
+        let (qd, ed) = quantize_tensor(dy.as_slice().unwrap());
+        let (qw, ew) = quantize_tensor(w.as_slice().unwrap());
+        let wt: Vec<i16> = (0..5)
+            .flat_map(|j| (0..9).map(move |i| (i, j)))
+            .map(|(i, j)| qw[i * 5 + j])
+            .collect();
+        let acc = gemm_ref(&qd, &wt, 23, 5, 9, Mode::Int16).unwrap();
+        let want = Array2::from_shape_fn((23, 9), |(i, j)| {
+            (acc[i * 9 + j] as f64 * pow2(ed + ew)) as f32
+        });
+        assert_eq!(dx, want);
+        let fp = dy.dot(&w.t());
+        let max = fp.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            dx.iter()
+                .zip(fp.iter())
+                .all(|(a, b)| (a - b).abs() <= 1e-3 * max)
+        );
+    }
+
+    #[test]
+    fn backward_weight_int16_and_psg_match_golden() {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let x = rand_mat(&mut rng, 50, 7, 2.0).mapv(|v| v.max(0.0)); // post-ReLU activations
+        let dy = rand_mat(&mut rng, 50, 6, 1e-2);
+        let (qx, ex) = quantize_tensor(x.as_slice().unwrap());
+        let (qd, ed) = quantize_tensor(dy.as_slice().unwrap());
+        let xt: Vec<i16> = (0..7)
+            .flat_map(|j| (0..50).map(move |i| (i, j)))
+            .map(|(i, j)| qx[i * 7 + j])
+            .collect();
+
+        let mut e = engine(AccelGemmConfig::baseline());
+        let mut dw = Array2::zeros((7, 6));
+        e.backward_weight("l", x.view(), dy.view(), dw.view_mut());
+        let acc = gemm_ref(&xt, &qd, 7, 50, 6, Mode::Int16).unwrap();
+        assert_eq!(
+            dw,
+            Array2::from_shape_fn((7, 6), |(i, j)| (acc[i * 6 + j] as f64 * pow2(ex + ed))
+                as f32)
+        );
+
+        // Absolute threshold in real units.
+        let t = 2e-3f32;
+        let mut e = engine(AccelGemmConfig::psg(PsgThreshold::Absolute(t)));
+        e.backward_weight("l", x.view(), dy.view(), dw.view_mut());
+        let thr = absolute_units(t, ex + ed + 16);
+        let g = psg_ref_with(&xt, &qd, 7, 50, 6, thr, 4, 4, PredRounding::Nearest).unwrap();
+        assert_eq!(dw.iter().map(|&v| v as i8).collect::<Vec<_>>(), g.signs);
+        let s = e.take_psg_stats();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            (
+                s[0].predicted,
+                s[0].uncertain,
+                s[0].tiles,
+                s[0].recomputed_tiles
+            ),
+            (42, g.counts.uncertain, 4, g.counts.recomputed_tiles)
+        );
+        assert!(e.take_psg_stats().is_empty(), "take resets");
+        // Certain entries (|P| * unit >= t) and exact signs agree with the fp32 gradient's sign
+        // wherever the fp32 magnitude is clearly above the quantization error.
+        let fp = x.t().dot(&dy);
+        for (s, f) in dw.iter().zip(fp.iter()) {
+            if f.abs() > 0.05 * fp.iter().fold(0.0f32, |m, v| m.max(v.abs())) {
+                assert_eq!(*s, f.signum());
+            }
+        }
+    }
+
+    #[test]
+    fn adaptive_threshold_first_step_recomputes_then_uses_previous_max() {
+        let mut rng = ChaCha8Rng::seed_from_u64(14);
+        let x = rand_mat(&mut rng, 40, 8, 2.0);
+        let dy = rand_mat(&mut rng, 40, 8, 1e-2);
+        let mut e = engine(AccelGemmConfig::psg(PsgThreshold::Adaptive(0.25)));
+        let mut dw = Array2::zeros((8, 8));
+        e.backward_weight("a", x.view(), dy.view(), dw.view_mut());
+        let s1 = e.take_psg_stats();
+        assert_eq!(
+            (s1[0].uncertain, s1[0].recomputed_tiles),
+            (64, 4),
+            "first step: everything recomputed"
+        );
+        // Exact signs on the first step.
+        let (qx, _) = quantize_tensor(x.as_slice().unwrap());
+        let (qd, _) = quantize_tensor(dy.as_slice().unwrap());
+        let xt: Vec<i16> = (0..8)
+            .flat_map(|j| (0..40).map(move |i| (i, j)))
+            .map(|(i, j)| qx[i * 8 + j])
+            .collect();
+        let exact = gemm_ref(&xt, &qd, 8, 40, 8, Mode::Int16).unwrap();
+        assert!(dw.iter().zip(&exact).all(|(&s, &v)| s as i64 == v.signum()));
+        let prev = e.state().layers[0].1.prev_max_p.unwrap();
+
+        // Second step with the same data: threshold (c * max|P|) >> 16 of step one.
+        e.backward_weight("a", x.view(), dy.view(), dw.view_mut());
+        let thr = (c_q16(0.25) as u64 * prev.0) >> 16;
+        let g = psg_ref_with(&xt, &qd, 8, 40, 8, thr, 4, 4, PredRounding::Nearest).unwrap();
+        assert_eq!(dw.iter().map(|&v| v as i8).collect::<Vec<_>>(), g.signs);
+        let s2 = e.take_psg_stats();
+        assert_eq!(s2[0].uncertain, g.counts.uncertain);
+        assert!(s2[0].uncertain < 64);
+
+        // State round trip: a fresh engine restored continues identically.
+        let st = e.state();
+        let mut f = engine(AccelGemmConfig::psg(PsgThreshold::Adaptive(0.25)));
+        f.restore_state(&st);
+        let mut dw2 = Array2::zeros((8, 8));
+        e.backward_weight("a", x.view(), dy.view(), dw.view_mut());
+        f.backward_weight("a", x.view(), dy.view(), dw2.view_mut());
+        assert_eq!(dw, dw2);
+        assert_eq!(e.take_psg_stats(), f.take_psg_stats());
+    }
+
+    #[test]
+    fn stochastic_rounding_is_reproducible_and_shared_by_both_backward_gemms() {
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let x = rand_mat(&mut rng, 30, 4, 1.0);
+        let dy = rand_mat(&mut rng, 30, 3, 1e-3);
+        let w = rand_mat(&mut rng, 4, 3, 1.0);
+        let cfg = AccelGemmConfig {
+            grad_rounding: GradRounding::Stochastic { seed: 5 },
+            ..AccelGemmConfig::baseline()
+        };
+        let run = |step: u64| {
+            let mut e = engine(cfg);
+            e.set_step(step);
+            let mut dx = Array2::zeros((30, 4));
+            let mut dw = Array2::zeros((4, 3));
+            e.backward_data("l", dy.view(), w.view(), dx.view_mut());
+            e.backward_weight("l", x.view(), dy.view(), dw.view_mut());
+            (dx, dw)
+        };
+        let (a, b) = (run(3), run(3));
+        assert_eq!(a, b);
+        assert_ne!(a.1, run(4).1, "another step draws other rounding");
+        // Both GEMMs of one step used the same dy codes: recover them from dw with x = identity rows.
+        let mut e = engine(cfg);
+        e.set_step(9);
+        let eye = Array2::from_shape_fn((30, 30), |(i, j)| if i == j { 1.0f32 } else { 0.0 });
+        let mut dw = Array2::zeros((30, 3));
+        e.backward_weight("l", eye.view(), dy.view(), dw.view_mut());
+        let w_eye = Array2::from_shape_fn((3, 3), |(i, j)| if i == j { 1.0f32 } else { 0.0 });
+        let mut dx = Array2::zeros((30, 3));
+        e.backward_data("l", dy.view(), w_eye.view(), dx.view_mut());
+        assert_eq!(dw, dx);
+        let (qd, ed) = quantize_tensor(dy.as_slice().unwrap());
+        let nearest = Array2::from_shape_fn((30, 3), |(i, j)| dequantize(qd[i * 3 + j], ed));
+        assert_ne!(
+            dx, nearest,
+            "stochastic rounding differs from nearest somewhere"
+        );
+    }
+
+    #[test]
+    fn large_m_is_split_into_commands_with_identical_results() {
+        let m = 70_001;
+        let mut rng = ChaCha8Rng::seed_from_u64(16);
+        let x = rand_mat(&mut rng, m, 3, 1.0);
+        let w = rand_mat(&mut rng, 3, 2, 1.0);
+        let mut e = engine(AccelGemmConfig::baseline());
+        let mut y = Array2::zeros((m, 2));
+        e.forward("big", x.view(), w.view(), y.view_mut());
+        assert!(e.take_error().is_none());
+        assert_eq!(y, golden_forward(&x, &w, Mode::Int16));
+        let c = e.counters();
+        assert_eq!(c.gemms, 2);
+        assert_eq!(c.macs_int16, (m * 3 * 2) as u64);
+    }
+
+    #[test]
+    fn shape_errors_are_kept_and_zero_the_output() {
+        let mut e = engine(AccelGemmConfig::baseline());
+        let x = Array2::<f32>::ones((4, 3));
+        let w = Array2::<f32>::ones((5, 2));
+        let mut y = Array2::from_elem((4, 2), 7.0f32);
+        e.forward("bad", x.view(), w.view(), y.view_mut());
+        assert!(matches!(
+            e.take_error(),
+            Some(AccelError::LayerShapes { op: "forward", .. })
+        ));
+        let mut y_bad = Array2::from_elem((4, 3), 7.0f32);
+        e.backward_data(
+            "bad",
+            y.view(),
+            Array2::<f32>::ones((3, 2)).view(),
+            y_bad.view_mut(),
+        );
+        assert!(
+            e.take_error().is_none(),
+            "dy [4,2] . w[3,2]^T -> dx [4,3] is fine"
+        );
+        e.backward_weight("bad", x.view(), y.view(), y_bad.view_mut());
+        assert!(matches!(
+            e.take_error(),
+            Some(AccelError::LayerShapes {
+                op: "backward_weight",
+                ..
+            })
+        ));
+        assert!(y.iter().all(|&v| v == 0.0));
+        assert!(e.take_error().is_none());
+        // Empty batch: nothing to do, no error, no command.
+        let before = e.counters().gemms;
+        let x0 = Array2::<f32>::zeros((0, 3));
+        let w0 = Array2::<f32>::ones((3, 2));
+        let mut y0 = Array2::zeros((0, 2));
+        e.forward("empty", x0.view(), w0.view(), y0.view_mut());
+        assert!(e.take_error().is_none());
+        assert_eq!(e.counters().gemms, before);
+    }
+
+    #[test]
+    fn threshold_unit_conversions() {
+        // t = 1.0 with unit 2^-4: 16 units exactly; just above -> 17.
+        assert_eq!(absolute_units(1.0, -4), 16);
+        assert_eq!(absolute_units(1.0 + 1e-6, -4), 17);
+        assert_eq!(absolute_units(0.0, 0), 0);
+        assert_eq!(absolute_units(-1.0, 0), 0);
+        assert_eq!(absolute_units(f32::NAN, 0), 0);
+        assert_eq!(absolute_units(1e30, 0), THR_MAX);
+        assert_eq!(c_q16(0.5), 32768);
+        assert_eq!(c_q16(2.0), 65535);
+        assert_eq!(c_q16(-0.1), 0);
+        assert_eq!(rescale(100, 1), 200);
+        assert_eq!(rescale(101, -1), 50);
+        assert_eq!(rescale(1, 60), THR_MAX);
+        assert_eq!(rescale(0, 60), 0);
+        assert_eq!(rescale(u64::MAX, -70), 0);
+        assert_eq!(rescale(THR_MAX, 1), THR_MAX);
+    }
+
+    #[test]
+    fn config_from_method() {
+        assert_eq!(AccelGemmConfig::from_method(&MethodConfig::fp32()), None);
+        assert_eq!(
+            AccelGemmConfig::from_method(&MethodConfig::baseline()),
+            Some(AccelGemmConfig::baseline())
+        );
+        let p = AccelGemmConfig::from_method(&MethodConfig::e2train()).unwrap();
+        assert_eq!(p.forward_mode, Mode::Int8);
+        assert!(matches!(p.backward_weight, BackwardWeight::Psg { .. }));
+    }
+}

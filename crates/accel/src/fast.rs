@@ -1,0 +1,403 @@
+//! Exact integer GEMM on floating-point hardware.
+//!
+//! Codes are converted to floats holding small integers and multiplied with the `gemm` crate. Every
+//! partial sum stays an integer below the float's exact range, so the result is exact:
+//! - INT16 operands (|product| <= 2^30) in f64: exact while at most 2^23 products are summed (2^20
+//!   are used, so sums stay below 2^51 for the float-to-integer conversion);
+//! - INT8 operands (|product| <= 2^14) in f32: exact while at most 1024 products are summed.
+//!
+//! K is cut into chunks within these limits; each chunk's float sums are converted to i64 and added
+//! with wrapping arithmetic, then reduced to 48 bits at the end (addition modulo 2^48 does not
+//! depend on order, so this equals the golden per-MAC wrap). Work is split into row blocks (and K
+//! ranges when there are few rows) run in parallel with rayon; each block converts its slice of A
+//! into a small column-major buffer that stays in cache.
+
+use crate::matrix::CodeMatrix;
+use e2t_numerics::{high_byte_nearest, wrap48};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// How a code becomes a multiplicand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operand {
+    /// INT16 mode: the code itself.
+    Full,
+    /// INT8 mode: `code >> 8`.
+    HighFloor,
+    /// PSG prediction with nearest rounding: [`high_byte_nearest`].
+    HighNearest,
+}
+
+trait Flt: Copy + Send + Sync + Default + 'static {
+    fn of(v: i32) -> Self;
+    fn int(self) -> i64;
+    /// Most products whose sum is exact.
+    const KMAX: usize;
+}
+
+/// 1.5 * 2^52: for an integer-valued |v| < 2^51, the bits of `v + MAGIC` minus the bits of `MAGIC`
+/// are `v` as i64. Unlike `as`, this vectorizes without AVX-512.
+const MAGIC64: f64 = 6_755_399_441_055_744.0;
+
+#[inline(always)]
+fn f64_to_i64_exact(v: f64) -> i64 {
+    ((v + MAGIC64).to_bits() as i64).wrapping_sub(MAGIC64.to_bits() as i64)
+}
+
+impl Flt for f32 {
+    #[inline(always)]
+    fn of(v: i32) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn int(self) -> i64 {
+        f64_to_i64_exact(self as f64)
+    }
+    // 1024 * 2^14 = 2^24: the f32 limit of exact integers.
+    const KMAX: usize = 1024;
+}
+
+impl Flt for f64 {
+    #[inline(always)]
+    fn of(v: i32) -> Self {
+        v as f64
+    }
+    #[inline(always)]
+    fn int(self) -> i64 {
+        f64_to_i64_exact(self)
+    }
+    // 2^20 * 2^30 = 2^50: exact in f64 and within the range of `f64_to_i64_exact`.
+    const KMAX: usize = 1 << 20;
+}
+
+/// Elements of the per-block A buffer (kept small enough to stay in L2 with the gemm crate's packs).
+const ABUF_ELEMS: usize = 1 << 15;
+/// Longest K piece converted at once.
+const KSUB_MAX: usize = 1024;
+/// Shortest K range worth a task of its own.
+const KSPLIT_MIN: usize = 256;
+
+/// `out[m,n] = A[m,k] · B[k,n]` with 48-bit wrapping accumulators, exactly. `out` is row-major and
+/// must hold `m * n` entries (checked by the caller).
+pub(crate) fn gemm_exact(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out: &mut [i64]) {
+    debug_assert_eq!(a.cols(), b.rows());
+    debug_assert_eq!(out.len(), a.rows() * b.cols());
+    match op {
+        Operand::Full => run::<f64, _>(a, b, |c| c as i32, out),
+        Operand::HighFloor => run::<f32, _>(a, b, |c| (c >> 8) as i32, out),
+        Operand::HighNearest => run::<f32, _>(a, b, |c| high_byte_nearest(c) as i32, out),
+    }
+}
+
+/// B converted once, in the layout of its source.
+struct FloatB<T> {
+    data: Vec<T>,
+    k: usize,
+    n: usize,
+    row_major: bool,
+}
+
+impl<T: Flt> FloatB<T> {
+    fn new<F: Fn(i16) -> i32 + Sync>(b: CodeMatrix<'_>, conv: &F) -> Self {
+        let (k, n) = (b.rows(), b.cols());
+        let row_major = !(b.row_stride() == 1 && b.col_stride() != 1);
+        let mut data = vec![T::default(); k * n];
+        if row_major {
+            data.par_chunks_mut(n.max(1))
+                .enumerate()
+                .for_each(|(p, row)| {
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d = T::of(conv(b.get(p, j)));
+                    }
+                });
+        } else {
+            data.par_chunks_mut(k.max(1))
+                .enumerate()
+                .for_each(|(j, col)| {
+                    for (p, d) in col.iter_mut().enumerate() {
+                        *d = T::of(conv(b.get(p, j)));
+                    }
+                });
+        }
+        FloatB {
+            data,
+            k,
+            n,
+            row_major,
+        }
+    }
+
+    /// Pointer to row `p` of B and its (col stride, row stride).
+    fn at(&self, p: usize) -> (*const T, isize, isize) {
+        if self.row_major {
+            (self.data[p * self.n..].as_ptr(), 1, self.n as isize)
+        } else {
+            (self.data[p..].as_ptr(), self.k as isize, 1)
+        }
+    }
+}
+
+fn run<T: Flt, F: Fn(i16) -> i32 + Sync>(
+    a: CodeMatrix<'_>,
+    b: CodeMatrix<'_>,
+    conv: F,
+    out: &mut [i64],
+) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    out.fill(0);
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let bf = FloatB::<T>::new(b, &conv);
+    let threads = rayon::current_num_threads().max(1);
+    let ksub = k.min(KSUB_MAX).min(T::KMAX);
+    let mb = ((ABUF_ELEMS / ksub) / 16 * 16).max(16).min(m);
+    let nb = m.div_ceil(mb);
+    let target = 4 * threads;
+    let ks = if nb >= target {
+        1
+    } else {
+        target.div_ceil(nb).min(k.div_ceil(KSPLIT_MIN)).max(1)
+    };
+    let klen = k.div_ceil(ks);
+
+    if ks == 1 {
+        out.par_chunks_mut(mb * n)
+            .enumerate()
+            .for_each(|(bi, dst)| {
+                let r0 = bi * mb;
+                let r1 = (r0 + mb).min(m);
+                block::<T, F>(&a, &bf, &conv, r0, r1, 0, k, ksub, dst);
+            });
+    } else {
+        let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
+            .into_par_iter()
+            .filter_map(|t| {
+                let (bi, si) = (t / ks, t % ks);
+                let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
+                let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
+                if k0 >= k1 {
+                    return None;
+                }
+                let mut dst = vec![0i64; (r1 - r0) * n];
+                block::<T, F>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), &mut dst);
+                Some((bi, dst))
+            })
+            .collect();
+        for (bi, dst) in partials {
+            let base = bi * mb * n;
+            for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
+                *o = o.wrapping_add(v);
+            }
+        }
+    }
+    out.par_chunks_mut(1 << 14)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
+}
+
+/// Rows `r0..r1`, K range `k0..k1`, added (wrapping) into `dst` (row-major `[r1 - r0, n]`).
+/// Dispatches to a copy compiled with AVX2 when the CPU has it (the conversion loops vectorize).
+#[allow(clippy::too_many_arguments)]
+fn block<T: Flt, F: Fn(i16) -> i32>(
+    a: &CodeMatrix<'_>,
+    bf: &FloatB<T>,
+    conv: &F,
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    k1: usize,
+    ksub: usize,
+    dst: &mut [i64],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { block_avx2(a, bf, conv, r0, r1, k0, k1, ksub, dst) };
+    }
+    block_body(a, bf, conv, r0, r1, k0, k1, ksub, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn block_avx2<T: Flt, F: Fn(i16) -> i32>(
+    a: &CodeMatrix<'_>,
+    bf: &FloatB<T>,
+    conv: &F,
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    k1: usize,
+    ksub: usize,
+    dst: &mut [i64],
+) {
+    block_body(a, bf, conv, r0, r1, k0, k1, ksub, dst)
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_body<T: Flt, F: Fn(i16) -> i32>(
+    a: &CodeMatrix<'_>,
+    bf: &FloatB<T>,
+    conv: &F,
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    k1: usize,
+    ksub: usize,
+    dst: &mut [i64],
+) {
+    let rows = r1 - r0;
+    let n = bf.n;
+    let mut abuf = vec![T::default(); rows * ksub];
+    // Row-major result block, so the flush into `dst` is a straight (vectorizable) loop.
+    let mut tmp = vec![T::default(); rows * n];
+    let mut summed = 0usize; // products per entry currently held in `tmp`
+    let mut kk = k0;
+    while kk < k1 {
+        let kc = ksub.min(k1 - kk);
+        if summed + kc > T::KMAX {
+            flush(&tmp, dst);
+            summed = 0;
+        }
+        let (a_cs, a_rs) = fill_a(a, conv, r0, rows, kk, kc, &mut abuf);
+        let (bptr, b_cs, b_rs) = bf.at(kk);
+        // SAFETY: every pointer covers the region the call reads or writes: `tmp` is rows x n
+        // row-major (cs = 1, rs = n), `abuf` holds rows x kc with the strides `fill_a` returned,
+        // and B from row `kk` has kc rows and n columns in `bf.data` with the given strides
+        // (kk + kc <= k). No aliasing: `tmp` is exclusively borrowed.
+        unsafe {
+            gemm::gemm(
+                rows,
+                n,
+                kc,
+                tmp.as_mut_ptr(),
+                1,
+                n as isize,
+                summed > 0,
+                abuf.as_ptr(),
+                a_cs,
+                a_rs,
+                bptr,
+                b_cs,
+                b_rs,
+                T::of(1),
+                T::of(1),
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+        summed += kc;
+        kk += kc;
+    }
+    if summed > 0 {
+        flush(&tmp, dst);
+    }
+}
+
+#[inline(always)]
+fn flush<T: Flt>(tmp: &[T], dst: &mut [i64]) {
+    for (d, &t) in dst.iter_mut().zip(tmp) {
+        *d = d.wrapping_add(t.int());
+    }
+}
+
+/// Copy A's rows `r0..r0+rows`, columns `kk..kk+kc`, converted, into `abuf` in the source's own
+/// order (a plain streaming copy); returns the buffer's (column stride, row stride).
+#[inline(always)]
+fn fill_a<T: Flt, F: Fn(i16) -> i32>(
+    a: &CodeMatrix<'_>,
+    conv: &F,
+    r0: usize,
+    rows: usize,
+    kk: usize,
+    kc: usize,
+    abuf: &mut [T],
+) -> (isize, isize) {
+    let (rs, cs) = (a.row_stride(), a.col_stride());
+    let data = a.data();
+    if cs == 1 {
+        // Row-major source.
+        for (i, drow) in abuf.chunks_exact_mut(kc).take(rows).enumerate() {
+            let src = &data[(r0 + i) * rs + kk..][..kc];
+            for (d, &c) in drow.iter_mut().zip(src) {
+                *d = T::of(conv(c));
+            }
+        }
+        (1, kc as isize)
+    } else if rs == 1 {
+        // Column-major source (a transposed row-major matrix).
+        for (p, dcol) in abuf.chunks_exact_mut(rows).take(kc).enumerate() {
+            let src = &data[(kk + p) * cs + r0..][..rows];
+            for (d, &c) in dcol.iter_mut().zip(src) {
+                *d = T::of(conv(c));
+            }
+        }
+        (rows as isize, 1)
+    } else {
+        for i in 0..rows {
+            for p in 0..kc {
+                abuf[i * kc + p] = T::of(conv(a.get(r0 + i, kk + p)));
+            }
+        }
+        (1, kc as isize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use e2t_core::Mode;
+    use e2t_numerics::gemm_ref;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn check(m: usize, k: usize, n: usize, seed: u64, extreme: bool) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let gen_codes = |rng: &mut ChaCha8Rng, len: usize| -> Vec<i16> {
+            (0..len)
+                .map(|_| {
+                    if extreme {
+                        if rng.random::<bool>() { -32768 } else { 32767 }
+                    } else {
+                        rng.random()
+                    }
+                })
+                .collect()
+        };
+        let a = gen_codes(&mut rng, m * k);
+        let b = gen_codes(&mut rng, k * n);
+        let am = CodeMatrix::row_major(&a, m, k).unwrap();
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        for (op, mode) in [
+            (Operand::Full, Mode::Int16),
+            (Operand::HighFloor, Mode::Int8),
+        ] {
+            let mut out = vec![0; m * n];
+            gemm_exact(am, bm, op, &mut out);
+            assert_eq!(
+                out,
+                gemm_ref(&a, &b, m, k, n, mode).unwrap(),
+                "{m}x{k}x{n} {op:?} seed {seed}"
+            );
+            // Transposed storage of A gives the same result.
+            let at: Vec<i16> = am.t().to_row_major();
+            let atm = CodeMatrix::row_major(&at, k, m).unwrap().t();
+            let mut out2 = vec![0; m * n];
+            gemm_exact(atm, bm, op, &mut out2);
+            assert_eq!(out, out2);
+        }
+    }
+
+    #[test]
+    fn exact_on_small_and_chunked_shapes() {
+        check(1, 1, 1, 1, false);
+        check(17, 3, 5, 2, false);
+        check(33, 1023, 2, 3, false);
+        check(5, 1025, 3, 4, true);
+        check(40, 2049, 7, 5, true);
+        check(3, 4000, 3, 6, false); // few rows: K is split across tasks
+    }
+}

@@ -1,0 +1,539 @@
+//! The soft accelerator: bit-exact results from the fast exact GEMM, counters from the cycle model.
+
+use crate::fast::{Operand, gemm_exact};
+use crate::{AccelError, Accelerator, ArrayShape, CodeMatrix, GemmOut, PsgReport, check_command};
+use e2t_core::{Counters, Mode};
+use e2t_numerics::cycles::{self, OutFmt};
+use e2t_numerics::{HwThreshold, MAX_SHIFT, PredRounding, PsgCounts, requantize_unchecked};
+
+/// Software model of the accelerator (see the crate doc for its invariants).
+#[derive(Clone, Debug)]
+pub struct SoftAccel {
+    shape: ArrayShape,
+    live: Counters,
+    snap: Counters,
+    max_p: u64,
+}
+
+impl SoftAccel {
+    /// An `rows x cols` array, as the RTL's parameters allow: sides 1..=32, an even column count.
+    pub fn new(rows: usize, cols: usize) -> Result<Self, AccelError> {
+        let side = 1..=cycles::ARRAY_SIDE_MAX as usize;
+        if !side.contains(&rows) || !side.contains(&cols) || cols % 2 != 0 {
+            return Err(AccelError::ArrayShape { rows, cols });
+        }
+        Ok(SoftAccel {
+            shape: ArrayShape { rows, cols },
+            live: Counters::default(),
+            snap: Counters::default(),
+            max_p: 0,
+        })
+    }
+
+    fn cycle_shape(&self) -> cycles::ArrayShape {
+        // Sides are at most 32 (checked in `new`).
+        cycles::ArrayShape {
+            rows: self.shape.rows as u32,
+            cols: self.shape.cols as u32,
+        }
+    }
+
+    /// The live counters (a software-only peek; hardware reads go through [`Accelerator::snapshot`]).
+    pub fn live_counters(&self) -> Counters {
+        self.live
+    }
+
+    fn reject<T>(&mut self, e: AccelError) -> Result<T, AccelError> {
+        self.live.accumulate(&Counters {
+            total_cycles: cycles::rejected_command_cycles(),
+            ..Default::default()
+        });
+        Err(e)
+    }
+}
+
+impl Accelerator for SoftAccel {
+    fn array_shape(&self) -> ArrayShape {
+        self.shape
+    }
+
+    fn gemm(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        out: GemmOut<'_>,
+    ) -> Result<(), AccelError> {
+        let (m, k, n) = match check_command(&a, &b, out.len()) {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        let op = match mode {
+            Mode::Int16 => Operand::Full,
+            Mode::Int8 => Operand::HighFloor,
+        };
+        let fmt = match out {
+            GemmOut::Raw(o) => {
+                gemm_exact(a, b, op, o);
+                OutFmt::Raw48
+            }
+            GemmOut::Requant { shift, out } => {
+                if shift > MAX_SHIFT {
+                    return self.reject(AccelError::Shift(shift));
+                }
+                let mut acc = vec![0i64; m * n];
+                gemm_exact(a, b, op, &mut acc);
+                for (o, &v) in out.iter_mut().zip(&acc) {
+                    *o = requantize_unchecked(v, shift);
+                }
+                OutFmt::Requant
+            }
+            GemmOut::Sign(out) => {
+                let mut acc = vec![0i64; m * n];
+                gemm_exact(a, b, op, &mut acc);
+                for (o, &v) in out.iter_mut().zip(&acc) {
+                    *o = v.signum() as i8;
+                }
+                OutFmt::Sign
+            }
+        };
+        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
+            .map_err(|e| AccelError::Cycles(e.to_string()))?;
+        self.live.accumulate(&d);
+        Ok(())
+    }
+
+    fn psg(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        threshold: HwThreshold,
+        pred: PredRounding,
+        signs: &mut [i8],
+    ) -> Result<PsgReport, AccelError> {
+        // A threshold that does not fit its CSR cannot be written: a host-side error, no command.
+        let thr = threshold.effective()?;
+        let (m, k, n) = match check_command(&a, &b, signs.len()) {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        let (tr, tc) = (self.shape.rows, self.shape.cols);
+        let mut p = vec![0i64; m * n];
+        let op = match pred {
+            PredRounding::Floor => Operand::HighFloor,
+            PredRounding::Nearest => Operand::HighNearest,
+        };
+        gemm_exact(a, b, op, &mut p);
+
+        // Classify tiles (mt outer, nt inner, as the block does) and count.
+        let (mt, nt) = (m.div_ceil(tr), n.div_ceil(tc));
+        let mut recompute = vec![false; mt * nt];
+        let mut uncertain = vec![0u64; mt * nt];
+        let mut counts = PsgCounts::default();
+        let mut max_abs_p = 0u64;
+        for ti in 0..mt {
+            let rows = ti * tr..((ti + 1) * tr).min(m);
+            for tj in 0..nt {
+                let cols = tj * tc..((tj + 1) * tc).min(n);
+                let mut unc = 0u64;
+                for i in rows.clone() {
+                    for &v in &p[i * n + cols.start..i * n + cols.end] {
+                        let mag = v.unsigned_abs();
+                        max_abs_p = max_abs_p.max(mag);
+                        unc += u64::from(mag < thr);
+                    }
+                }
+                let rec = unc > 0;
+                recompute[ti * nt + tj] = rec;
+                uncertain[ti * nt + tj] = unc;
+                counts.uncertain += unc;
+                counts.recomputed_tiles += u64::from(rec);
+            }
+        }
+        let delta =
+            cycles::psg_counters(m as u64, k as u64, n as u64, self.cycle_shape(), &uncertain)
+                .map_err(|e| AccelError::Cycles(e.to_string()))?;
+        counts.predicted = (m * n) as u64;
+        counts.tiles = (mt * nt) as u64;
+
+        for (s, &v) in signs.iter_mut().zip(&p) {
+            *s = v.signum() as i8;
+        }
+        if counts.recomputed_tiles > 0 {
+            recompute_signs(
+                a,
+                b,
+                &recompute,
+                (tr, tc),
+                (m, n),
+                counts.recomputed_tiles,
+                signs,
+            );
+        }
+        self.max_p = self.max_p.max(max_abs_p);
+        self.live.accumulate(&delta);
+        Ok(PsgReport {
+            counts,
+            max_abs_p,
+            threshold: thr,
+        })
+    }
+
+    fn snapshot(&mut self) -> Counters {
+        self.snap = self.live;
+        self.snap
+    }
+
+    fn clear_counters(&mut self) {
+        self.live = Counters::default();
+    }
+
+    fn max_p(&self) -> u64 {
+        self.max_p
+    }
+
+    fn clear_max_p(&mut self) {
+        self.max_p = 0;
+    }
+}
+
+/// Overwrite the signs of recomputed tiles with the signs of the exact INT16 result. When most tiles
+/// are recomputed one full GEMM is cheapest; otherwise each tile row computes only the column span
+/// between its first and last recomputed tile.
+fn recompute_signs(
+    a: CodeMatrix<'_>,
+    b: CodeMatrix<'_>,
+    recompute: &[bool],
+    (tr, tc): (usize, usize),
+    (m, n): (usize, usize),
+    recomputed: u64,
+    signs: &mut [i8],
+) {
+    let (mt, nt) = (m.div_ceil(tr), n.div_ceil(tc));
+    let write_tile =
+        |signs: &mut [i8], exact: &[i64], ex_n: usize, ex_c0: usize, ti: usize, tj: usize| {
+            let r0 = ti * tr;
+            for i in r0..((ti + 1) * tr).min(m) {
+                for j in tj * tc..((tj + 1) * tc).min(n) {
+                    signs[i * n + j] = exact[(i - r0) * ex_n + (j - ex_c0)].signum() as i8;
+                }
+            }
+        };
+    if 2 * recomputed > (mt * nt) as u64 {
+        let mut exact = vec![0i64; m * n];
+        gemm_exact(a, b, Operand::Full, &mut exact);
+        for ti in 0..mt {
+            for tj in (0..nt).filter(|&tj| recompute[ti * nt + tj]) {
+                // `write_tile` indexes relative to the tile row's first row.
+                write_tile(signs, &exact[ti * tr * n..], n, 0, ti, tj);
+            }
+        }
+        return;
+    }
+    for ti in 0..mt {
+        let flags = &recompute[ti * nt..(ti + 1) * nt];
+        let (Some(first), Some(last)) = (
+            flags.iter().position(|&f| f),
+            flags.iter().rposition(|&f| f),
+        ) else {
+            continue;
+        };
+        let (r0, r1) = (ti * tr, ((ti + 1) * tr).min(m));
+        let (c0, c1) = (first * tc, ((last + 1) * tc).min(n));
+        let mut exact = vec![0i64; (r1 - r0) * (c1 - c0)];
+        gemm_exact(
+            a.sub(r0, r1, 0, a.cols()),
+            b.sub(0, b.rows(), c0, c1),
+            Operand::Full,
+            &mut exact,
+        );
+        for tj in (first..=last).filter(|&tj| flags[tj]) {
+            write_tile(signs, &exact, c1 - c0, c0, ti, tj);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use e2t_numerics::{gemm_ref, psg_ref_with, requantize};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Codes with a mix of distributions: uniform, small, extremes.
+    fn codes(rng: &mut ChaCha8Rng, len: usize, kind: u32) -> Vec<i16> {
+        (0..len)
+            .map(|_| match kind {
+                0 => rng.random(),
+                1 => rng.random_range(-600..600),
+                _ => *[-32768i16, 32767, -128, 127, -1, 0, 255, -256]
+                    .get(rng.random_range(0..8))
+                    .unwrap_or(&0),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gemm_equals_golden_on_random_shapes() {
+        let seed = 0x5eed_0001;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        for case in 0..40 {
+            let m = rng.random_range(1..40);
+            let n = rng.random_range(1..20);
+            let k = match case % 4 {
+                0 => rng.random_range(1..8),
+                1 => rng.random_range(1020..1030),
+                2 => rng.random_range(2040..2060),
+                _ => rng.random_range(1..300),
+            };
+            let kind = rng.random_range(0..3);
+            let a = codes(&mut rng, m * k, kind);
+            let b = codes(&mut rng, k * n, kind);
+            let am = CodeMatrix::row_major(&a, m, k).unwrap();
+            let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+            for mode in [Mode::Int16, Mode::Int8] {
+                let golden = gemm_ref(&a, &b, m, k, n, mode).unwrap();
+                let mut raw = vec![0i64; m * n];
+                acc.gemm(am, bm, mode, GemmOut::Raw(&mut raw)).unwrap();
+                assert_eq!(raw, golden, "seed {seed} case {case} {m}x{k}x{n} {mode:?}");
+                let shift = rng.random_range(0..=47);
+                let mut q = vec![0i16; m * n];
+                acc.gemm(am, bm, mode, GemmOut::Requant { shift, out: &mut q })
+                    .unwrap();
+                let gq: Vec<i16> = golden
+                    .iter()
+                    .map(|&v| requantize(v, shift).unwrap())
+                    .collect();
+                assert_eq!(q, gq, "seed {seed} case {case} requant shift {shift}");
+                let mut s = vec![0i8; m * n];
+                acc.gemm(am, bm, mode, GemmOut::Sign(&mut s)).unwrap();
+                assert!(s.iter().zip(&golden).all(|(&s, &g)| s as i64 == g.signum()));
+            }
+        }
+    }
+
+    #[test]
+    fn accumulators_wrap_like_the_golden_model() {
+        // 2^17 products of 2^30 reach 2^47 and wrap; the fast path splits K across tasks and chunks.
+        let k = (1 << 17) + 3;
+        let a = vec![-32768i16; k];
+        let am = CodeMatrix::row_major(&a, 1, k).unwrap();
+        let bm = CodeMatrix::row_major(&a, k, 1).unwrap();
+        let mut acc = SoftAccel::new(2, 2).unwrap();
+        let mut raw = vec![0i64; 1];
+        acc.gemm(am, bm, Mode::Int16, GemmOut::Raw(&mut raw))
+            .unwrap();
+        assert_eq!(raw, gemm_ref(&a, &a, 1, k, 1, Mode::Int16).unwrap());
+        assert_eq!(raw[0], e2t_numerics::wrap48(((1i64 << 17) + 3) << 30));
+    }
+
+    #[test]
+    fn psg_equals_golden_including_threshold_boundaries() {
+        let seed = 0x5eed_0002;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut acc = SoftAccel::new(4, 2).unwrap();
+        for case in 0..30 {
+            let m = rng.random_range(1..30);
+            let n = rng.random_range(1..20);
+            let k = rng.random_range(1..200);
+            let a = codes(&mut rng, m * k, 1);
+            let kind_b = rng.random_range(0..2);
+            let b = codes(&mut rng, k * n, kind_b);
+            let am = CodeMatrix::row_major(&a, m, k).unwrap();
+            let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+            let pred = if case % 2 == 0 {
+                PredRounding::Floor
+            } else {
+                PredRounding::Nearest
+            };
+            // Thresholds at, just above and just below an actual |P|, plus the extremes.
+            let probe = psg_ref_with(&a, &b, m, k, n, 0, 4, 2, pred).unwrap();
+            let pivot = probe.max_abs_p / 3;
+            for thr in [
+                0,
+                pivot.saturating_sub(1),
+                pivot,
+                pivot + 1,
+                probe.max_abs_p + 1,
+                e2t_numerics::THR_MAX,
+            ] {
+                let g = psg_ref_with(&a, &b, m, k, n, thr, 4, 2, pred).unwrap();
+                let mut s = vec![0i8; m * n];
+                let rep = acc
+                    .psg(am, bm, HwThreshold::Absolute(thr), pred, &mut s)
+                    .unwrap();
+                assert_eq!(s, g.signs, "seed {seed} case {case} thr {thr}");
+                assert_eq!(rep.counts, g.counts, "seed {seed} case {case} thr {thr}");
+                assert_eq!(rep.max_abs_p, g.max_abs_p);
+            }
+        }
+    }
+
+    #[test]
+    fn psg_boundary_entry_by_entry() {
+        // 1 x 1 output: P = hi(868) * hi(512) = 3 * 2 = 6; the exact product is positive.
+        let a = [3 * 256 + 100, 0];
+        let b = [2 * 256, 0];
+        let am = CodeMatrix::row_major(&a, 1, 2).unwrap();
+        let bm = CodeMatrix::row_major(&b, 2, 1).unwrap();
+        let mut acc = SoftAccel::new(1, 2).unwrap();
+        let mut s = [0i8];
+        let at = acc
+            .psg(
+                am,
+                bm,
+                HwThreshold::Absolute(6),
+                PredRounding::Floor,
+                &mut s,
+            )
+            .unwrap();
+        assert_eq!(
+            (at.counts.uncertain, at.counts.recomputed_tiles),
+            (0, 0),
+            "|P| == thr is certain"
+        );
+        let below = acc
+            .psg(
+                am,
+                bm,
+                HwThreshold::Absolute(7),
+                PredRounding::Floor,
+                &mut s,
+            )
+            .unwrap();
+        assert_eq!(
+            (below.counts.uncertain, below.counts.recomputed_tiles),
+            (1, 1),
+            "|P| == thr - 1 is uncertain"
+        );
+        assert_eq!(s, [1]);
+        // Adaptive: (c * ref) >> 16 with c = 0.5, ref = 13 -> 6 (certain); ref = 14 -> 7 (uncertain).
+        let r = acc
+            .psg(
+                am,
+                bm,
+                HwThreshold::Adaptive {
+                    c_q16: 32768,
+                    reference: 13,
+                },
+                PredRounding::Floor,
+                &mut s,
+            )
+            .unwrap();
+        assert_eq!((r.threshold, r.counts.uncertain), (6, 0));
+        let r = acc
+            .psg(
+                am,
+                bm,
+                HwThreshold::Adaptive {
+                    c_q16: 32768,
+                    reference: 14,
+                },
+                PredRounding::Floor,
+                &mut s,
+            )
+            .unwrap();
+        assert_eq!((r.threshold, r.counts.uncertain), (7, 1));
+        assert_eq!(acc.max_p(), 6);
+        acc.clear_max_p();
+        assert_eq!(acc.max_p(), 0);
+    }
+
+    #[test]
+    fn bad_commands_are_rejected_and_cost_a_start_cycle() {
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let a = [1i16; 6];
+        let am = CodeMatrix::row_major(&a, 2, 3).unwrap();
+        let bm = CodeMatrix::row_major(&a, 3, 2).unwrap();
+        let mut raw = vec![0i64; 3];
+        assert!(matches!(
+            acc.gemm(am, bm, Mode::Int16, GemmOut::Raw(&mut raw)),
+            Err(AccelError::Output { .. })
+        ));
+        let mut q = vec![0i16; 4];
+        assert!(matches!(
+            acc.gemm(
+                am,
+                bm,
+                Mode::Int16,
+                GemmOut::Requant {
+                    shift: 48,
+                    out: &mut q
+                }
+            ),
+            Err(AccelError::Shift(48))
+        ));
+        assert!(matches!(
+            acc.gemm(am, am, Mode::Int16, GemmOut::Raw(&mut raw)),
+            Err(AccelError::Inner { .. })
+        ));
+        let empty = CodeMatrix::row_major(&[], 2, 0).unwrap();
+        let empty_b = CodeMatrix::row_major(&[], 0, 2).unwrap();
+        let mut raw4 = vec![0i64; 4];
+        assert!(matches!(
+            acc.gemm(empty, empty_b, Mode::Int16, GemmOut::Raw(&mut raw4)),
+            Err(AccelError::Dims { .. })
+        ));
+        let c = acc.snapshot();
+        assert_eq!(
+            c,
+            Counters {
+                total_cycles: 4,
+                ..Default::default()
+            }
+        );
+        let mut s = vec![0i8; 4];
+        assert!(
+            acc.psg(
+                am,
+                bm,
+                HwThreshold::Absolute(1 << 48),
+                PredRounding::Floor,
+                &mut s
+            )
+            .is_err()
+        );
+        assert_eq!(
+            acc.snapshot().total_cycles,
+            4,
+            "an unwritable threshold is no command"
+        );
+        assert!(SoftAccel::new(0, 4).is_err());
+        assert!(SoftAccel::new(4, 33).is_err());
+        assert!(
+            SoftAccel::new(4, 3).is_err(),
+            "INT8 packs two products per PE: C must be even"
+        );
+    }
+
+    #[test]
+    fn counters_snapshot_and_clear() {
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let a = [1i16; 32];
+        let am = CodeMatrix::row_major(&a, 4, 8).unwrap();
+        let bm = CodeMatrix::row_major(&a, 8, 4).unwrap();
+        let mut q = vec![0i16; 16];
+        acc.gemm(
+            am,
+            bm,
+            Mode::Int16,
+            GemmOut::Requant {
+                shift: 0,
+                out: &mut q,
+            },
+        )
+        .unwrap();
+        assert_eq!(q, vec![8; 16]);
+        let s1 = acc.snapshot();
+        // rtl/README.md by hand: load 8 lanes x 2 beats + 8 busy + 3 flush + 4 rows x (1 + 1) + 2.
+        assert_eq!(
+            (s1.total_cycles, s1.busy_cycles, s1.macs_int16, s1.gemms),
+            (16 + 8 + 3 + 8 + 2, 8, 128, 1)
+        );
+        assert_eq!((s1.bytes_in, s1.bytes_out), (16 * 8, 4 * 8));
+        acc.clear_counters();
+        assert_eq!(acc.live_counters(), Counters::default());
+        assert_eq!(acc.snapshot(), Counters::default());
+    }
+}

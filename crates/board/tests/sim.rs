@@ -1,0 +1,175 @@
+//! The remote engine against the in-process agent (`--board sim`): same protocol code as a board.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2t_board::remote::{SharedFactory, TransportFactory, transport_factory};
+use e2t_board::toy::ToyEngine;
+use e2t_board::{BoardSpec, ConnectOptions, RemoteEngine, RemoteError, RemoteOptions, connect};
+use e2t_core::{EngineError, StepEngine};
+use e2t_link::{LinkConfig, Transport};
+use e2t_proto::BoardInfo;
+
+fn toy_factory() -> SharedFactory {
+    Arc::new(|c| Ok(Box::new(ToyEngine::new(c)?) as Box<dyn StepEngine>))
+}
+
+fn opts() -> ConnectOptions {
+    ConnectOptions {
+        remote: RemoteOptions {
+            eval_chunk_bytes: 700,
+            checkpoint_every: 4,
+            ..RemoteOptions::default()
+        },
+        sim_factory: Some(toy_factory()),
+        ..ConnectOptions::default()
+    }
+}
+
+#[test]
+fn sim_board_matches_the_in_process_engine_bit_for_bit() {
+    let mut remote = connect(&BoardSpec::Sim, &common::config(), &opts()).unwrap();
+    let got = common::run(&mut remote, &common::batches(20));
+    assert_eq!(got, common::reference(20));
+    assert_eq!(remote.counters(), {
+        let mut e = ToyEngine::new(&common::config()).unwrap();
+        common::run(&mut e, &common::batches(20));
+        e.counters()
+    });
+    let s = remote.link_stats();
+    assert!(s.messages_sent > 20, "{s:?}");
+    assert_eq!(remote.board_info().unwrap().board_id, "sim");
+}
+
+#[test]
+fn board_with_another_bitstream_is_refused_naming_both_hashes() {
+    let mut o = opts();
+    let mut info = BoardInfo::simulated("zc706-a", (16, 16));
+    info.bitstream_id = "e2t_16x16".into();
+    info.bitstream_sha256 = Some("aa".repeat(32));
+    o.sim_info = Some(info);
+    o.remote.expected_bitstream_sha256 = Some("bb".repeat(32));
+    let e = connect(&BoardSpec::Sim, &common::config(), &o)
+        .err()
+        .unwrap();
+    let t = e.to_string();
+    assert!(matches!(e, RemoteError::Bitstream { .. }), "{t}");
+    assert!(
+        t.contains(&"aa".repeat(32)) && t.contains(&"bb".repeat(32)) && t.contains("zc706-a"),
+        "{t}"
+    );
+}
+
+#[test]
+fn board_with_another_protocol_version_is_refused() {
+    let mut o = opts();
+    let mut info = BoardInfo::simulated("old-board", (16, 16));
+    info.protocol_version = 99;
+    o.sim_info = Some(info);
+    let e = connect(&BoardSpec::Sim, &common::config(), &o)
+        .err()
+        .unwrap();
+    let t = e.to_string();
+    assert!(
+        t.contains("99") && t.contains("version 99") && t.contains("speaks 1"),
+        "{t}"
+    );
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_session_goes_on() {
+    let mut remote = connect(&BoardSpec::Sim, &common::config(), &opts()).unwrap();
+    let mut b = common::batches(1).remove(0);
+    b.labels.push(1); // one label too many for the images
+    let e = remote.step(&b).unwrap_err();
+    assert!(matches!(e, EngineError::Batch { seq: 0, .. }), "{e}");
+    assert!(remote.restore(&[1, 2, 3]).is_err());
+    let mut bad_cfg = common::config();
+    bad_cfg.classes = 1;
+    let e = connect(&BoardSpec::Sim, &bad_cfg, &opts()).err().unwrap();
+    assert!(e.to_string().contains("classes"), "{e}");
+    // Still usable.
+    let got = common::run(&mut remote, &common::batches(6));
+    assert_eq!(got, common::reference(6));
+}
+
+/// Fails every read and write once `budget` bytes have been written (a pulled cable).
+struct Cut<T> {
+    inner: T,
+    budget: usize,
+}
+
+impl<T: Transport> Transport for Cut<T> {
+    fn read(&mut self, b: &mut [u8], t: Duration) -> std::io::Result<usize> {
+        if self.budget == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "cable pulled",
+            ));
+        }
+        self.inner.read(b, t)
+    }
+    fn write(&mut self, b: &[u8], t: Duration) -> std::io::Result<usize> {
+        if self.budget == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "cable pulled",
+            ));
+        }
+        let n = self.inner.write(&b[..b.len().min(self.budget)], t)?;
+        self.budget -= n;
+        Ok(n)
+    }
+    fn describe(&self) -> String {
+        format!("cut({})", self.inner.describe())
+    }
+}
+
+#[test]
+fn pulled_cable_mid_run_reconnects_and_ends_identical() {
+    let base = transport_factory(&BoardSpec::Sim, &opts()).unwrap();
+    let base = std::sync::Mutex::new(base);
+    // The first two connections die after a few kB (the second during recovery); the rest run clean.
+    let factory: TransportFactory = Box::new(move |attempt| {
+        let t = (base.lock().unwrap())(attempt)?;
+        Ok(match attempt {
+            1 => Box::new(Cut {
+                inner: t,
+                budget: 6000,
+            }) as Box<dyn Transport>,
+            2 => Box::new(Cut {
+                inner: t,
+                budget: 3000,
+            }),
+            _ => t,
+        })
+    });
+    let ro = RemoteOptions {
+        checkpoint_every: 4,
+        eval_chunk_bytes: 700,
+        link: LinkConfig {
+            max_segment: 256,
+            ..LinkConfig::default()
+        },
+        ..RemoteOptions::default()
+    };
+    let mut remote = RemoteEngine::new(factory, ro, common::config()).unwrap();
+    let got = common::run(&mut remote, &common::batches(24));
+    assert!(
+        remote.reconnects() >= 2,
+        "reconnects {}",
+        remote.reconnects()
+    );
+    assert_eq!(got, common::reference(24));
+}
+
+#[test]
+fn unreachable_board_is_a_clear_error() {
+    let factory: TransportFactory = Box::new(|_| Err(RemoteError::Open("no such board".into())));
+    let e = RemoteEngine::new(factory, RemoteOptions::default(), common::config())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("no such board"), "{e}");
+}

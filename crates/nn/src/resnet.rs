@@ -1,0 +1,393 @@
+//! Residual blocks and the CIFAR ResNet family (depth 6n+2), built as open, public pieces.
+//!
+//! A network is `stem -> blocks (flat, in execution order) -> head`. Each piece has
+//! `forward(&mut self, x, gemm, train)` / `backward(&mut self, dy, gemm)` that work for any batch
+//! size, including a sub-batch and an empty one, and gradients accumulate across calls until
+//! `zero_grad`: a gated trainer can run a block on the rows whose gate is on (gathering and
+//! scattering them itself), and a block that did not run contributes nothing.
+
+use crate::NnError;
+use crate::bn::BatchNorm2d;
+use crate::conv::{Conv2d, ConvGeom};
+use crate::gemm::GemmEngine;
+use crate::layers::{GlobalAvgPool, Linear};
+use crate::param::{Buffer, Module, Param, TensorRef};
+use e2t_core::InputShape;
+use ndarray::{Array2, Array4, Zip};
+use rand::Rng;
+
+fn conv3x3(name: String, cin: usize, cout: usize, stride: usize) -> Conv2d {
+    Conv2d::new(
+        name,
+        ConvGeom {
+            in_ch: cin,
+            out_ch: cout,
+            kh: 3,
+            kw: 3,
+            stride,
+            pad: 1,
+        },
+        false,
+    )
+}
+
+/// Option-B projection shortcut: 1x1 conv (stride s) + BN.
+pub struct Shortcut {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+}
+
+/// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`, names `<name>.conv1`, `.bn1`, `.conv2`,
+/// `.bn2`, `.shortcut.conv`, `.shortcut.bn`.
+pub struct BasicBlock {
+    pub name: String,
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm2d,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm2d,
+    /// `None` = identity (same shape in and out).
+    pub shortcut: Option<Shortcut>,
+    /// Which outputs were positive in the last training forward (the final ReLU's mask).
+    out_mask: Option<Array4<bool>>,
+}
+
+impl BasicBlock {
+    pub fn new(name: impl Into<String>, cin: usize, cout: usize, stride: usize) -> Self {
+        let name = name.into();
+        let shortcut = (stride != 1 || cin != cout).then(|| Shortcut {
+            conv: Conv2d::new(
+                format!("{name}.shortcut.conv"),
+                ConvGeom {
+                    in_ch: cin,
+                    out_ch: cout,
+                    kh: 1,
+                    kw: 1,
+                    stride,
+                    pad: 0,
+                },
+                false,
+            ),
+            bn: BatchNorm2d::new(format!("{name}.shortcut.bn"), cout, false),
+        });
+        BasicBlock {
+            conv1: conv3x3(format!("{name}.conv1"), cin, cout, stride),
+            bn1: BatchNorm2d::new(format!("{name}.bn1"), cout, true),
+            conv2: conv3x3(format!("{name}.conv2"), cout, cout, 1),
+            bn2: BatchNorm2d::new(format!("{name}.bn2"), cout, false),
+            shortcut,
+            name,
+            out_mask: None,
+        }
+    }
+
+    pub fn init<R: Rng + ?Sized>(&mut self, rng: &mut R) {
+        self.conv1.init_kaiming(rng);
+        self.conv2.init_kaiming(rng);
+        if let Some(s) = &mut self.shortcut {
+            s.conv.init_kaiming(rng);
+        }
+    }
+
+    pub fn forward(
+        &mut self,
+        x: &Array4<f32>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array4<f32> {
+        let h = self.conv1.forward(x, gemm, train);
+        let h = self.bn1.forward(&h, train);
+        let h = self.conv2.forward(&h, gemm, train);
+        let mut z = self.bn2.forward(&h, train);
+        drop(h);
+        match &mut self.shortcut {
+            Some(s) => {
+                let sc = s.conv.forward(x, gemm, train);
+                let sc = s.bn.forward(&sc, train);
+                Zip::from(&mut z)
+                    .and(&sc)
+                    .par_for_each(|a, &b| *a = (*a + b).max(0.0));
+            }
+            None => Zip::from(&mut z)
+                .and(x)
+                .par_for_each(|a, &b| *a = (*a + b).max(0.0)),
+        }
+        if train {
+            let mut mask = match self.out_mask.take() {
+                Some(m) if m.dim() == z.dim() => m,
+                _ => Array4::from_elem(z.dim(), false),
+            };
+            Zip::from(&mut mask)
+                .and(&z)
+                .par_for_each(|m, &v| *m = v > 0.0);
+            self.out_mask = Some(mask);
+        }
+        z
+    }
+
+    pub fn backward(&mut self, dy: &Array4<f32>, gemm: &mut dyn GemmEngine) -> Array4<f32> {
+        let mask = self
+            .out_mask
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}: backward without a training forward", self.name));
+        assert_eq!(mask.dim(), dy.dim(), "{}: output gradient shape", self.name);
+        let mut d = dy.to_owned();
+        Zip::from(&mut d).and(mask).par_for_each(|g, &m| {
+            if !m {
+                *g = 0.0
+            }
+        });
+        let dh = self.bn2.backward(&d);
+        let dh = self.conv2.backward(&dh, gemm);
+        let dh = self.bn1.backward(&dh);
+        let mut dx = self.conv1.backward(&dh, gemm);
+        drop(dh);
+        match &mut self.shortcut {
+            Some(s) => {
+                let ds = s.bn.backward(&d);
+                let ds = s.conv.backward(&ds, gemm);
+                Zip::from(&mut dx).and(&ds).par_for_each(|a, &b| *a += b);
+            }
+            None => Zip::from(&mut dx).and(&d).par_for_each(|a, &b| *a += b),
+        }
+        dx
+    }
+
+    /// Multiply-accumulates of one sample's forward pass through this block for an input of
+    /// `h x w` (for cost-aware gating).
+    pub fn forward_macs(&self, h: usize, w: usize) -> u64 {
+        let (ho, wo) = self.conv1.geom.out_hw(h, w);
+        let px = (ho * wo) as u64;
+        let mut macs = px
+            * (self.conv1.geom.k() * self.conv1.geom.out_ch
+                + self.conv2.geom.k() * self.conv2.geom.out_ch) as u64;
+        if let Some(s) = &self.shortcut {
+            macs += px * (s.conv.geom.k() * s.conv.geom.out_ch) as u64;
+        }
+        macs
+    }
+}
+
+impl Module for BasicBlock {
+    fn tensors_into<'a>(&'a self, out: &mut Vec<TensorRef<'a>>) {
+        self.conv1.tensors_into(out);
+        self.bn1.tensors_into(out);
+        self.conv2.tensors_into(out);
+        self.bn2.tensors_into(out);
+        if let Some(s) = &self.shortcut {
+            s.conv.tensors_into(out);
+            s.bn.tensors_into(out);
+        }
+    }
+    fn params_into<'a>(&'a mut self, out: &mut Vec<Param<'a>>) {
+        self.conv1.params_into(out);
+        self.bn1.params_into(out);
+        self.conv2.params_into(out);
+        self.bn2.params_into(out);
+        if let Some(s) = &mut self.shortcut {
+            s.conv.params_into(out);
+            s.bn.params_into(out);
+        }
+    }
+    fn buffers_into<'a>(&'a mut self, out: &mut Vec<Buffer<'a>>) {
+        self.bn1.buffers_into(out);
+        self.bn2.buffers_into(out);
+        if let Some(s) = &mut self.shortcut {
+            s.bn.buffers_into(out);
+        }
+    }
+}
+
+/// `relu(bn(conv3x3(x)))`, names `stem.conv`, `stem.bn`.
+pub struct Stem {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+}
+
+impl Stem {
+    pub fn new(cin: usize, cout: usize) -> Self {
+        Stem {
+            conv: conv3x3("stem.conv".into(), cin, cout, 1),
+            bn: BatchNorm2d::new("stem.bn", cout, true),
+        }
+    }
+    pub fn forward(
+        &mut self,
+        x: &Array4<f32>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array4<f32> {
+        let h = self.conv.forward(x, gemm, train);
+        self.bn.forward(&h, train)
+    }
+    /// Accumulates the stem's gradients; the input (image) gradient is not computed.
+    pub fn backward(&mut self, dy: &Array4<f32>, gemm: &mut dyn GemmEngine) {
+        let d = self.bn.backward(dy);
+        self.conv.backward_params_only(&d, gemm);
+    }
+}
+
+impl Module for Stem {
+    fn tensors_into<'a>(&'a self, out: &mut Vec<TensorRef<'a>>) {
+        self.conv.tensors_into(out);
+        self.bn.tensors_into(out);
+    }
+    fn params_into<'a>(&'a mut self, out: &mut Vec<Param<'a>>) {
+        self.conv.params_into(out);
+        self.bn.params_into(out);
+    }
+    fn buffers_into<'a>(&'a mut self, out: &mut Vec<Buffer<'a>>) {
+        self.bn.buffers_into(out);
+    }
+}
+
+/// Global average pooling + the classifier `fc`.
+pub struct Head {
+    pub pool: GlobalAvgPool,
+    pub fc: Linear,
+}
+
+impl Head {
+    pub fn new(features: usize, classes: usize) -> Self {
+        Head {
+            pool: GlobalAvgPool::new(),
+            fc: Linear::new("fc", features, classes),
+        }
+    }
+    /// Returns the logits `[N, classes]`.
+    pub fn forward(
+        &mut self,
+        x: &Array4<f32>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array2<f32> {
+        let p = self.pool.forward(x, train);
+        self.fc.forward(&p, gemm, train)
+    }
+    pub fn backward(&mut self, dlogits: &Array2<f32>, gemm: &mut dyn GemmEngine) -> Array4<f32> {
+        let d = self.fc.backward(dlogits, gemm);
+        self.pool.backward(&d)
+    }
+}
+
+impl Module for Head {
+    fn tensors_into<'a>(&'a self, out: &mut Vec<TensorRef<'a>>) {
+        self.fc.tensors_into(out);
+    }
+    fn params_into<'a>(&'a mut self, out: &mut Vec<Param<'a>>) {
+        self.fc.params_into(out);
+    }
+}
+
+/// CIFAR ResNet of depth `6n+2`: stem 3x3 conv to 16 channels, three stages of `n` basic blocks
+/// (16, 32, 64 channels; stride 2 at the first block of stages 2 and 3, option-B shortcuts), global
+/// average pooling, linear classifier. Block names are `stage{1,2,3}.block{i}`.
+pub struct ResNet {
+    pub depth: u32,
+    pub input: InputShape,
+    pub classes: usize,
+    pub stem: Stem,
+    /// All residual blocks in execution order.
+    pub blocks: Vec<BasicBlock>,
+    pub head: Head,
+}
+
+impl ResNet {
+    /// Builds and initialises (Kaiming-normal fan-out convs, BN γ=1 β=0, PyTorch-default Linear).
+    pub fn new<R: Rng + ?Sized>(
+        depth: u32,
+        input: InputShape,
+        classes: usize,
+        rng: &mut R,
+    ) -> Result<Self, NnError> {
+        let n = e2t_core::ModelKind::resnet_blocks_per_stage(depth).ok_or_else(|| {
+            NnError::Config(format!(
+                "ResNet depth {depth} is not of the form 6n+2 with n >= 1"
+            ))
+        })?;
+        if input.channels == 0 || input.height == 0 || input.width == 0 {
+            return Err(NnError::Config(format!(
+                "input shape {input:?} has a zero dimension"
+            )));
+        }
+        if classes < 2 {
+            return Err(NnError::Config(format!(
+                "need at least 2 classes, got {classes}"
+            )));
+        }
+        let mut stem = Stem::new(input.channels as usize, 16);
+        let mut blocks = Vec::new();
+        let mut cin = 16;
+        for (si, cout) in [16usize, 32, 64].into_iter().enumerate() {
+            for b in 0..n as usize {
+                let stride = if si > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new(
+                    format!("stage{}.block{b}", si + 1),
+                    cin,
+                    cout,
+                    stride,
+                ));
+                cin = cout;
+            }
+        }
+        let mut head = Head::new(64, classes);
+        stem.conv.init_kaiming(rng);
+        for b in &mut blocks {
+            b.init(rng);
+        }
+        head.fc.init_default(rng);
+        Ok(ResNet {
+            depth,
+            input,
+            classes,
+            stem,
+            blocks,
+            head,
+        })
+    }
+
+    /// `x` NHWC `[N, H, W, C]` normalised images; returns logits `[N, classes]`.
+    pub fn forward(
+        &mut self,
+        x: &Array4<f32>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array2<f32> {
+        let mut h = self.stem.forward(x, gemm, train);
+        for b in &mut self.blocks {
+            h = b.forward(&h, gemm, train);
+        }
+        self.head.forward(&h, gemm, train)
+    }
+
+    /// Backpropagates `dlogits` through the whole network, accumulating every gradient.
+    pub fn backward(&mut self, dlogits: &Array2<f32>, gemm: &mut dyn GemmEngine) {
+        let mut d = self.head.backward(dlogits, gemm);
+        for b in self.blocks.iter_mut().rev() {
+            d = b.backward(&d, gemm);
+        }
+        self.stem.backward(&d, gemm);
+    }
+}
+
+impl Module for ResNet {
+    fn tensors_into<'a>(&'a self, out: &mut Vec<TensorRef<'a>>) {
+        self.stem.tensors_into(out);
+        for b in &self.blocks {
+            b.tensors_into(out);
+        }
+        self.head.tensors_into(out);
+    }
+    fn params_into<'a>(&'a mut self, out: &mut Vec<Param<'a>>) {
+        self.stem.params_into(out);
+        for b in &mut self.blocks {
+            b.params_into(out);
+        }
+        self.head.params_into(out);
+    }
+    fn buffers_into<'a>(&'a mut self, out: &mut Vec<Buffer<'a>>) {
+        self.stem.buffers_into(out);
+        for b in &mut self.blocks {
+            b.buffers_into(out);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Where the model's GEMMs run: the one place that knows about the accelerator.
+//!
+//! Layers call [`Backend`] with a per-pass precision decision (forward mode, PSG on/off for the weight
+//! gradient); a backend maps that onto an `e2t_nn::GemmEngine` (fp32) or the soft accelerator.
+
+use e2t_accel::{AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, SoftAccel};
+use e2t_core::{Counters, EngineConfig, EngineError, LayerPsgStats, Mode};
+use e2t_nn::GemmEngine;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+/// The GEMM service a model needs for one training step.
+pub trait Backend: Send {
+    /// `y = x · w` in `mode` (ignored by fp32 backends).
+    fn forward(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        y: ArrayViewMut2<'_, f32>,
+        mode: Mode,
+    );
+    /// `dx = dy · wᵀ` (always INT16 on the accelerator).
+    fn backward_data(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        dx: ArrayViewMut2<'_, f32>,
+    );
+    /// `dw = xᵀ · dy`; with `psg` the backend writes predicted signs (+1/-1/0) instead.
+    fn backward_weight(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+        psg: bool,
+    );
+    /// Monotonic counters of the work done so far (all zero for fp32).
+    fn counters(&mut self) -> Counters;
+    /// PSG statistics per GEMM layer id since the last call.
+    fn take_psg_stats(&mut self) -> Vec<LayerPsgStats>;
+    /// Opaque backend state that must survive a checkpoint (e.g. adaptive PSG thresholds).
+    fn state(&self) -> Vec<u8>;
+    fn set_state(&mut self, bytes: &[u8]) -> Result<(), String>;
+    /// True when `backward_weight(.., psg = true)` is supported.
+    fn supports_psg(&self) -> bool;
+    /// The training step the next GEMMs belong to (keys seeded stochastic rounding).
+    fn begin_step(&mut self, _step: u64) {}
+    /// The first error the backend hit since the last call (its GEMM seam cannot return one).
+    fn take_error(&mut self) -> Option<String> {
+        None
+    }
+}
+
+/// fp32 GEMMs through any `GemmEngine` (no counters, no PSG).
+pub struct Fp32Backend<G: e2t_nn::GemmEngine + Send> {
+    gemm: G,
+}
+
+impl<G: e2t_nn::GemmEngine + Send> Fp32Backend<G> {
+    pub fn new(gemm: G) -> Self {
+        Fp32Backend { gemm }
+    }
+}
+
+impl<G: e2t_nn::GemmEngine + Send> Backend for Fp32Backend<G> {
+    fn forward(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        y: ArrayViewMut2<'_, f32>,
+        _mode: Mode,
+    ) {
+        self.gemm.forward(layer, x, w, y);
+    }
+    fn backward_data(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        dx: ArrayViewMut2<'_, f32>,
+    ) {
+        self.gemm.backward_data(layer, dy, w, dx);
+    }
+    fn backward_weight(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+        _psg: bool,
+    ) {
+        self.gemm.backward_weight(layer, x, dy, dw);
+    }
+    fn counters(&mut self) -> Counters {
+        Counters::default()
+    }
+    fn take_psg_stats(&mut self) -> Vec<LayerPsgStats> {
+        Vec::new()
+    }
+    fn state(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn set_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "fp32 backend expects no state, got {} bytes",
+                bytes.len()
+            ))
+        }
+    }
+    fn supports_psg(&self) -> bool {
+        false
+    }
+}
+
+/// Plain ndarray GEMM, used by unit tests and as the fp32 seam until a faster one is plugged in.
+#[derive(Default)]
+pub struct NdGemm;
+
+impl e2t_nn::GemmEngine for NdGemm {
+    fn forward(
+        &mut self,
+        _l: &str,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut y: ArrayViewMut2<'_, f32>,
+    ) {
+        ndarray::linalg::general_mat_mul(1.0, &x, &w, 0.0, &mut y);
+    }
+    fn backward_data(
+        &mut self,
+        _l: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut dx: ArrayViewMut2<'_, f32>,
+    ) {
+        ndarray::linalg::general_mat_mul(1.0, &dy, &w.t(), 0.0, &mut dx);
+    }
+    fn backward_weight(
+        &mut self,
+        _l: &str,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        mut dw: ArrayViewMut2<'_, f32>,
+    ) {
+        ndarray::linalg::general_mat_mul(1.0, &x.t(), &dy, 0.0, &mut dw);
+    }
+}
+
+/// The soft accelerator (`e2t_accel::AccelGemm` over `SoftAccel`): bit-exact numerics and counters.
+///
+/// `AccelGemm` has one configuration for all layers; the per-call choices the model makes (forward
+/// mode, PSG or exact weight gradient for the classifier) are applied by switching that
+/// configuration around the call.
+pub struct AccelBackend {
+    gemm: AccelGemm<SoftAccel>,
+    /// The method's configuration (PSG threshold rule, rounding).
+    base: AccelGemmConfig,
+}
+
+impl AccelBackend {
+    pub fn new(rows: usize, cols: usize, cfg: AccelGemmConfig) -> Result<Self, EngineError> {
+        let accel = SoftAccel::new(rows, cols)
+            .map_err(|e| EngineError::Config(format!("accelerator array: {e}")))?;
+        Ok(AccelBackend {
+            gemm: AccelGemm::new(accel, cfg),
+            base: cfg,
+        })
+    }
+    /// The first accelerator error since the last call (the GEMM seam cannot return errors).
+    pub fn take_error(&mut self) -> Option<String> {
+        self.gemm.take_error().map(|e| e.to_string())
+    }
+}
+
+impl Backend for AccelBackend {
+    fn forward(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        y: ArrayViewMut2<'_, f32>,
+        mode: Mode,
+    ) {
+        self.gemm.set_config(AccelGemmConfig {
+            forward_mode: mode,
+            ..self.base
+        });
+        self.gemm.forward(layer, x, w, y);
+    }
+    fn backward_data(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        dx: ArrayViewMut2<'_, f32>,
+    ) {
+        self.gemm.set_config(self.base);
+        self.gemm.backward_data(layer, dy, w, dx);
+    }
+    fn backward_weight(
+        &mut self,
+        layer: &str,
+        x: ArrayView2<'_, f32>,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+        psg: bool,
+    ) {
+        let bw = if psg {
+            self.base.backward_weight
+        } else {
+            BackwardWeight::Int16
+        };
+        self.gemm.set_config(AccelGemmConfig {
+            backward_weight: bw,
+            ..self.base
+        });
+        self.gemm.backward_weight(layer, x, dy, dw);
+    }
+    fn counters(&mut self) -> Counters {
+        self.gemm.accel().live_counters()
+    }
+    fn take_psg_stats(&mut self) -> Vec<LayerPsgStats> {
+        self.gemm.take_psg_stats()
+    }
+    fn state(&self) -> Vec<u8> {
+        bincode::serialize(&self.gemm.state()).expect("plain data serializes")
+    }
+    fn set_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let s: AccelGemmState = bincode::deserialize(bytes)
+            .map_err(|e| format!("cannot decode PSG layer state: {e}"))?;
+        self.gemm.restore_state(&s);
+        Ok(())
+    }
+    fn supports_psg(&self) -> bool {
+        true
+    }
+    fn begin_step(&mut self, step: u64) {
+        self.gemm.set_step(step);
+    }
+    fn take_error(&mut self) -> Option<String> {
+        AccelBackend::take_error(self)
+    }
+}
+
+/// The backend a configuration asks for.
+pub fn for_config(cfg: &EngineConfig) -> Result<Box<dyn Backend>, EngineError> {
+    match AccelGemmConfig::from_method(&cfg.method) {
+        None => Ok(Box::new(Fp32Backend::new(e2t_nn::Fp32Gemm::from_rayon()))),
+        Some(g) => Ok(Box::new(AccelBackend::new(
+            cfg.array.0 as usize,
+            cfg.array.1 as usize,
+            g,
+        )?)),
+    }
+}

@@ -1,0 +1,738 @@
+//! Layers with explicit forward/backward on NHWC activations (`Array4<f32>` `[N, H, W, C]`, standard
+//! layout), whose GEMMs go through a [`Backend`].
+//!
+//! NHWC makes a convolution's im2col GEMM output `[N·H·W, Cout]` the next activation without a
+//! transpose, and a sub-batch (SLU's executed samples) is a plain row selection.
+
+use crate::backend::Backend;
+use e2t_core::Mode;
+use ndarray::{Array1, Array2, Array4, ArrayView2, Axis, s};
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
+
+/// How a pass runs: set once per forward by the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct Ctx {
+    /// Training mode: BN batch statistics, caches for backward.
+    pub train: bool,
+    /// Precision of forward GEMMs (INT8 under PSG).
+    pub fwd_mode: Mode,
+}
+
+/// A trainable tensor with its gradient and momentum buffer (2-D; vectors are `[1, n]`).
+#[derive(Clone, Debug)]
+pub struct Param {
+    pub name: String,
+    pub value: Array2<f32>,
+    pub grad: Array2<f32>,
+    pub mom: Array2<f32>,
+    /// A convolution weight: under PSG its gradient is the predicted sign.
+    pub conv_weight: bool,
+    /// False for parameters frozen by `TrainOnly::Last`.
+    pub trainable: bool,
+}
+
+impl Param {
+    pub fn new(name: impl Into<String>, value: Array2<f32>, conv_weight: bool) -> Self {
+        let d = value.dim();
+        Param {
+            name: name.into(),
+            value,
+            grad: Array2::zeros(d),
+            mom: Array2::zeros(d),
+            conv_weight,
+            trainable: true,
+        }
+    }
+    pub fn zeros(name: impl Into<String>, rows: usize, cols: usize) -> Self {
+        Param::new(name, Array2::zeros((rows, cols)), false)
+    }
+    pub fn filled(name: impl Into<String>, rows: usize, cols: usize, v: f32) -> Self {
+        Param::new(name, Array2::from_elem((rows, cols), v), false)
+    }
+    /// He-normal initialisation for a weight with `fan_in` inputs per output.
+    pub fn kaiming(
+        name: impl Into<String>,
+        rows: usize,
+        cols: usize,
+        fan_in: usize,
+        conv: bool,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let std = (2.0 / fan_in.max(1) as f32).sqrt();
+        let normal = Normal::new(0.0f32, std).expect("std is finite and positive");
+        let v = Array2::from_shape_simple_fn((rows, cols), || normal.sample(rng));
+        Param::new(name, v, conv)
+    }
+    pub fn uniform(
+        name: impl Into<String>,
+        rows: usize,
+        cols: usize,
+        bound: f32,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let v = Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-bound..=bound));
+        Param::new(name, v, false)
+    }
+    pub fn zero_grad(&mut self) {
+        self.grad.fill(0.0);
+    }
+    /// The reference optimizer (PyTorch SGD, dampening 0): `buf = m·buf + (g + wd·w); w -= lr·buf`.
+    /// Under PSG `g` is already the sign, so this is momentum on signs (not Signum).
+    pub fn sgd_step(&mut self, lr: f32, momentum: f32, wd: f32) {
+        ndarray::Zip::from(&mut self.value)
+            .and(&self.grad)
+            .and(&mut self.mom)
+            .for_each(|w, &g, b| {
+                *b = momentum * *b + (g + wd * *w);
+                *w -= lr * *b;
+            });
+    }
+}
+
+/// `[N·H·W, C]` view of an NHWC tensor.
+pub fn rows(x: &Array4<f32>) -> ArrayView2<'_, f32> {
+    let (n, h, w, c) = x.dim();
+    x.view()
+        .into_shape_with_order((n * h * w, c))
+        .expect("activations are kept in standard layout")
+}
+
+pub fn from_rows(m: Array2<f32>, n: usize, h: usize, w: usize) -> Array4<f32> {
+    let c = m.ncols();
+    let m = if m.is_standard_layout() {
+        m
+    } else {
+        m.as_standard_layout().into_owned()
+    };
+    m.into_shape_with_order((n, h, w, c))
+        .expect("row count matches N·H·W")
+}
+
+pub fn std_layout(x: Array4<f32>) -> Array4<f32> {
+    if x.is_standard_layout() {
+        x
+    } else {
+        x.as_standard_layout().into_owned()
+    }
+}
+
+pub fn out_size(h: usize, k: usize, stride: usize, pad: usize) -> usize {
+    (h + 2 * pad - k) / stride + 1
+}
+
+/// im2col on NHWC: row = output position, column = `(ky·k + kx)·C + c`.
+pub fn im2col(x: &Array4<f32>, k: usize, stride: usize, pad: usize) -> Array2<f32> {
+    let (n, h, w, c) = x.dim();
+    let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+    let kk = k * k * c;
+    let mut cols = Array2::<f32>::zeros((n * ho * wo, kk));
+    let xs = x
+        .as_slice()
+        .expect("activations are kept in standard layout");
+    let per = ho * wo * kk;
+    if per == 0 {
+        return cols;
+    }
+    cols.as_slice_mut()
+        .expect("fresh array")
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(b, chunk)| {
+            let xb = &xs[b * h * w * c..(b + 1) * h * w * c];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let row = &mut chunk[(oy * wo + ox) * kk..(oy * wo + ox + 1) * kk];
+                    for ky in 0..k {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let src = (iy as usize * w + ix as usize) * c;
+                            row[(ky * k + kx) * c..(ky * k + kx + 1) * c]
+                                .copy_from_slice(&xb[src..src + c]);
+                        }
+                    }
+                }
+            }
+        });
+    cols
+}
+
+/// Adjoint of [`im2col`]: scatter-add column gradients back to an NHWC input gradient.
+pub fn col2im(
+    dcols: &Array2<f32>,
+    dims: (usize, usize, usize, usize),
+    k: usize,
+    stride: usize,
+    pad: usize,
+) -> Array4<f32> {
+    let (_, h, w, c) = dims;
+    let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+    let kk = k * k * c;
+    let mut dx = Array4::<f32>::zeros(dims);
+    let dcs = dcols
+        .as_slice()
+        .expect("column gradient in standard layout");
+    if h * w * c == 0 {
+        return dx;
+    }
+    dx.as_slice_mut()
+        .expect("fresh array")
+        .par_chunks_mut(h * w * c)
+        .enumerate()
+        .for_each(|(b, xb)| {
+            let chunk = &dcs[b * ho * wo * kk..(b + 1) * ho * wo * kk];
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let row = &chunk[(oy * wo + ox) * kk..(oy * wo + ox + 1) * kk];
+                    for ky in 0..k {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            let dst = (iy as usize * w + ix as usize) * c;
+                            for (d, s) in xb[dst..dst + c]
+                                .iter_mut()
+                                .zip(&row[(ky * k + kx) * c..(ky * k + kx + 1) * c])
+                            {
+                                *d += *s;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// Convolution without bias (a BN always follows), weight `[k·k·Cin, Cout]`.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub w: Param,
+    cache: Option<Array4<f32>>,
+}
+
+impl Conv2d {
+    pub fn new(
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        rng: &mut impl Rng,
+    ) -> Self {
+        let w = Param::kaiming(
+            format!("{name}.weight"),
+            k * k * cin,
+            cout,
+            k * k * cout,
+            true,
+            rng,
+        );
+        Conv2d {
+            cin,
+            cout,
+            k,
+            stride,
+            pad: k / 2,
+            w,
+            cache: None,
+        }
+    }
+    fn id(&self) -> &str {
+        self.w.name.strip_suffix(".weight").unwrap_or(&self.w.name)
+    }
+    pub fn macs_per_sample(&self, h: usize, w: usize) -> u64 {
+        let (ho, wo) = (
+            out_size(h, self.k, self.stride, self.pad),
+            out_size(w, self.k, self.stride, self.pad),
+        );
+        (ho * wo * self.k * self.k * self.cin * self.cout) as u64
+    }
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1
+    }
+    pub fn forward(&mut self, be: &mut dyn Backend, x: &Array4<f32>, ctx: Ctx) -> Array4<f32> {
+        let (n, h, w, _) = x.dim();
+        let (ho, wo) = (
+            out_size(h, self.k, self.stride, self.pad),
+            out_size(w, self.k, self.stride, self.pad),
+        );
+        let mut y = Array2::<f32>::zeros((n * ho * wo, self.cout));
+        let id = self.id().to_string();
+        if self.is_pointwise() {
+            be.forward(
+                &id,
+                rows(x),
+                self.w.value.view(),
+                y.view_mut(),
+                ctx.fwd_mode,
+            );
+        } else {
+            let cols = im2col(x, self.k, self.stride, self.pad);
+            be.forward(
+                &id,
+                cols.view(),
+                self.w.value.view(),
+                y.view_mut(),
+                ctx.fwd_mode,
+            );
+        }
+        if ctx.train {
+            self.cache = Some(x.clone());
+        }
+        from_rows(y, n, ho, wo)
+    }
+    /// Accumulates the weight gradient (or PSG signs) when trainable; returns dx when asked.
+    pub fn backward(
+        &mut self,
+        be: &mut dyn Backend,
+        dy: &Array4<f32>,
+        need_dx: bool,
+        psg: bool,
+    ) -> Option<Array4<f32>> {
+        let x = self
+            .cache
+            .take()
+            .expect("Conv2d::backward after a training forward");
+        let id = self.id().to_string();
+        let dy2 = rows(dy);
+        let cols_owned;
+        let cols = if self.is_pointwise() {
+            rows(&x)
+        } else {
+            cols_owned = im2col(&x, self.k, self.stride, self.pad);
+            cols_owned.view()
+        };
+        if self.w.trainable {
+            let mut dw = Array2::<f32>::zeros(self.w.value.dim());
+            be.backward_weight(&id, cols, dy2, dw.view_mut(), psg);
+            self.w.grad += &dw;
+        }
+        if !need_dx {
+            return None;
+        }
+        let mut dcols = Array2::<f32>::zeros((dy2.nrows(), self.k * self.k * self.cin));
+        be.backward_data(&id, dy2, self.w.value.view(), dcols.view_mut());
+        if self.is_pointwise() {
+            let (n, h, w, _) = x.dim();
+            Some(from_rows(dcols, n, h, w))
+        } else {
+            Some(col2im(&dcols, x.dim(), self.k, self.stride, self.pad))
+        }
+    }
+}
+
+/// im2col columns of the input and the input's dims.
+type DwCache = (Array2<f32>, (usize, usize, usize, usize));
+
+/// 3x3 depthwise convolution (one filter per channel), weight `[9, C]`.
+///
+/// Each channel is its own `[M, 9] x [9, 1]` GEMM through the backend (layer id `name#c`), so the
+/// accelerator counts exactly the work a depthwise layer does; PSG treats each channel as a layer.
+#[derive(Clone, Debug)]
+pub struct DwConv2d {
+    pub c: usize,
+    pub stride: usize,
+    pub w: Param,
+    cache: Option<DwCache>,
+}
+
+impl DwConv2d {
+    pub fn new(name: &str, c: usize, stride: usize, rng: &mut impl Rng) -> Self {
+        let w = Param::kaiming(format!("{name}.weight"), 9, c, 9, true, rng);
+        DwConv2d {
+            c,
+            stride,
+            w,
+            cache: None,
+        }
+    }
+    fn id(&self) -> &str {
+        self.w.name.strip_suffix(".weight").unwrap_or(&self.w.name)
+    }
+    pub fn macs_per_sample(&self, h: usize, w: usize) -> u64 {
+        (out_size(h, 3, self.stride, 1) * out_size(w, 3, self.stride, 1) * 9 * self.c) as u64
+    }
+    /// `[M, 9]` patches of channel `ch` from the all-channel im2col (columns `t·C + ch`).
+    fn channel_cols(cols: &Array2<f32>, c: usize, ch: usize) -> Array2<f32> {
+        cols.slice(s![.., ch..;c]).to_owned()
+    }
+    pub fn forward(&mut self, be: &mut dyn Backend, x: &Array4<f32>, ctx: Ctx) -> Array4<f32> {
+        let (n, h, w, c) = x.dim();
+        let (ho, wo) = (
+            out_size(h, 3, self.stride, 1),
+            out_size(w, 3, self.stride, 1),
+        );
+        let cols = im2col(x, 3, self.stride, 1);
+        let m = n * ho * wo;
+        let mut y = Array2::<f32>::zeros((m, c));
+        let mut yc = Array2::<f32>::zeros((m, 1));
+        for ch in 0..c {
+            let xc = Self::channel_cols(&cols, c, ch);
+            let wc = self.w.value.slice(s![.., ch..ch + 1]).to_owned();
+            be.forward(
+                &format!("{}#{ch}", self.id()),
+                xc.view(),
+                wc.view(),
+                yc.view_mut(),
+                ctx.fwd_mode,
+            );
+            y.column_mut(ch).assign(&yc.column(0));
+        }
+        if ctx.train {
+            self.cache = Some((cols, x.dim()));
+        }
+        from_rows(y, n, ho, wo)
+    }
+    pub fn backward(
+        &mut self,
+        be: &mut dyn Backend,
+        dy: &Array4<f32>,
+        need_dx: bool,
+        psg: bool,
+    ) -> Option<Array4<f32>> {
+        let (cols, dims) = self
+            .cache
+            .take()
+            .expect("DwConv2d::backward after a training forward");
+        let c = self.c;
+        let dy2 = rows(dy);
+        let m = dy2.nrows();
+        let mut dcols = if need_dx {
+            Array2::<f32>::zeros((m, 9 * c))
+        } else {
+            Array2::zeros((0, 0))
+        };
+        let mut dwc = Array2::<f32>::zeros((9, 1));
+        let mut dxc = Array2::<f32>::zeros((m, 9));
+        for ch in 0..c {
+            let id = format!("{}#{ch}", self.id());
+            let dyc = dy2.slice(s![.., ch..ch + 1]).to_owned();
+            if self.w.trainable {
+                let xc = Self::channel_cols(&cols, c, ch);
+                be.backward_weight(&id, xc.view(), dyc.view(), dwc.view_mut(), psg);
+                let mut g = self.w.grad.slice_mut(s![.., ch..ch + 1]);
+                g += &dwc;
+            }
+            if need_dx {
+                let wc = self.w.value.slice(s![.., ch..ch + 1]).to_owned();
+                be.backward_data(&id, dyc.view(), wc.view(), dxc.view_mut());
+                dcols.slice_mut(s![.., ch..;c]).assign(&dxc);
+            }
+        }
+        if need_dx {
+            Some(col2im(&dcols, dims, 3, self.stride, 1))
+        } else {
+            None
+        }
+    }
+}
+
+/// Batch normalisation over N·H·W per channel.
+///
+/// Training uses the statistics of the rows it is given (in an SLU-gated block: the executed samples
+/// only); running statistics follow those batch statistics with momentum 0.1 (unbiased variance), so
+/// evaluation sees the statistics of samples the gate actually sends through the block.
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    pub name: String,
+    pub gamma: Param,
+    pub beta: Param,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    cache: Option<(Array2<f32>, Vec<f32>)>,
+}
+
+const BN_EPS: f32 = 1e-5;
+const BN_MOMENTUM: f32 = 0.1;
+
+impl BatchNorm {
+    pub fn new(name: &str, c: usize) -> Self {
+        BatchNorm {
+            name: name.to_string(),
+            gamma: Param::filled(format!("{name}.weight"), 1, c, 1.0),
+            beta: Param::zeros(format!("{name}.bias"), 1, c),
+            running_mean: vec![0.0; c],
+            running_var: vec![1.0; c],
+            cache: None,
+        }
+    }
+    pub fn forward(&mut self, x: Array4<f32>, ctx: Ctx) -> Array4<f32> {
+        let (n, h, w, c) = x.dim();
+        let mut m = x
+            .into_shape_with_order((n * h * w, c))
+            .expect("standard layout");
+        let rows_n = m.nrows();
+        let (mean, var) = if ctx.train && rows_n > 0 {
+            let mut s = vec![0f64; c];
+            let mut s2 = vec![0f64; c];
+            for r in m.rows() {
+                for ((a, b), &v) in s.iter_mut().zip(s2.iter_mut()).zip(r.iter()) {
+                    *a += v as f64;
+                    *b += (v as f64) * (v as f64);
+                }
+            }
+            let nf = rows_n as f64;
+            let mean: Vec<f32> = s.iter().map(|v| (v / nf) as f32).collect();
+            let var: Vec<f32> = s
+                .iter()
+                .zip(&s2)
+                .map(|(a, b)| ((b / nf) - (a / nf) * (a / nf)).max(0.0) as f32)
+                .collect();
+            let unbias = if rows_n > 1 { nf / (nf - 1.0) } else { 1.0 };
+            for i in 0..c {
+                self.running_mean[i] =
+                    (1.0 - BN_MOMENTUM) * self.running_mean[i] + BN_MOMENTUM * mean[i];
+                self.running_var[i] = (1.0 - BN_MOMENTUM) * self.running_var[i]
+                    + BN_MOMENTUM * (var[i] as f64 * unbias) as f32;
+            }
+            (mean, var)
+        } else {
+            (self.running_mean.clone(), self.running_var.clone())
+        };
+        let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
+        let g = self.gamma.value.row(0);
+        let b = self.beta.value.row(0);
+        if ctx.train {
+            let mut xhat = m.clone();
+            for (mut xr, mut yr) in xhat.rows_mut().into_iter().zip(m.rows_mut()) {
+                for i in 0..c {
+                    let xh = (xr[i] - mean[i]) * invstd[i];
+                    xr[i] = xh;
+                    yr[i] = g[i] * xh + b[i];
+                }
+            }
+            self.cache = Some((xhat, invstd));
+        } else {
+            for mut yr in m.rows_mut() {
+                for i in 0..c {
+                    yr[i] = g[i] * (yr[i] - mean[i]) * invstd[i] + b[i];
+                }
+            }
+        }
+        m.into_shape_with_order((n, h, w, c)).expect("same size")
+    }
+    pub fn backward(&mut self, dy: Array4<f32>) -> Array4<f32> {
+        let (xhat, invstd) = self
+            .cache
+            .take()
+            .expect("BatchNorm::backward after a training forward");
+        let (n, h, w, c) = dy.dim();
+        let mut d = dy
+            .into_shape_with_order((n * h * w, c))
+            .expect("standard layout");
+        let mut dg = vec![0f64; c];
+        let mut db = vec![0f64; c];
+        for (dr, xr) in d.rows().into_iter().zip(xhat.rows()) {
+            for i in 0..c {
+                dg[i] += (dr[i] * xr[i]) as f64;
+                db[i] += dr[i] as f64;
+            }
+        }
+        if self.gamma.trainable {
+            for i in 0..c {
+                self.gamma.grad[[0, i]] += dg[i] as f32;
+                self.beta.grad[[0, i]] += db[i] as f32;
+            }
+        }
+        let mf = d.nrows() as f32;
+        let g = self.gamma.value.row(0).to_owned();
+        for (mut dr, xr) in d.rows_mut().into_iter().zip(xhat.rows()) {
+            for i in 0..c {
+                let k = g[i] * invstd[i] / mf;
+                dr[i] = k * (mf * dr[i] - db[i] as f32 - xr[i] * dg[i] as f32);
+            }
+        }
+        d.into_shape_with_order((n, h, w, c)).expect("same size")
+    }
+}
+
+/// ReLU (cap = ∞) or ReLU6 (cap = 6); the cached output gives the derivative mask.
+#[derive(Clone, Debug)]
+pub struct Clamp {
+    pub cap: f32,
+    cache: Option<Array4<f32>>,
+}
+
+impl Clamp {
+    pub fn relu() -> Self {
+        Clamp {
+            cap: f32::INFINITY,
+            cache: None,
+        }
+    }
+    pub fn relu6() -> Self {
+        Clamp {
+            cap: 6.0,
+            cache: None,
+        }
+    }
+    pub fn forward(&mut self, mut x: Array4<f32>, ctx: Ctx) -> Array4<f32> {
+        let cap = self.cap;
+        x.par_mapv_inplace(|v| v.clamp(0.0, cap));
+        if ctx.train {
+            self.cache = Some(x.clone());
+        }
+        x
+    }
+    pub fn backward(&mut self, mut dy: Array4<f32>) -> Array4<f32> {
+        let y = self
+            .cache
+            .take()
+            .expect("Clamp::backward after a training forward");
+        let cap = self.cap;
+        ndarray::Zip::from(&mut dy).and(&y).par_for_each(|d, &v| {
+            if v <= 0.0 || v >= cap {
+                *d = 0.0;
+            }
+        });
+        dy
+    }
+}
+
+/// Global average pool `[N,H,W,C] -> [N,C]`.
+pub fn gap(x: &Array4<f32>) -> Array2<f32> {
+    let (n, h, w, c) = x.dim();
+    let v = x
+        .view()
+        .into_shape_with_order((n, h * w, c))
+        .expect("standard layout");
+    v.mean_axis(Axis(1))
+        .unwrap_or_else(|| Array2::zeros((n, c)))
+}
+
+/// Adjoint of [`gap`]: spread `[N,C]` evenly over `H·W`.
+pub fn gap_backward(d: &Array2<f32>, h: usize, w: usize) -> Array4<f32> {
+    let (n, c) = d.dim();
+    let scale = 1.0 / (h * w) as f32;
+    let mut out = Array4::<f32>::zeros((n, h, w, c));
+    for (mut o, dr) in out.outer_iter_mut().zip(d.rows()) {
+        let dv = dr.mapv(|v| v * scale);
+        for mut r in o.rows_mut() {
+            r.assign(&dv);
+        }
+    }
+    out
+}
+
+/// Fully connected layer on the backend: `y = x·W + b`, `W` `[in, out]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub w: Param,
+    pub b: Param,
+    cache: Option<Array2<f32>>,
+}
+
+impl Linear {
+    pub fn new(name: &str, fin: usize, fout: usize, rng: &mut impl Rng) -> Self {
+        let bound = 1.0 / (fin as f32).sqrt();
+        Linear {
+            w: Param::uniform(format!("{name}.weight"), fin, fout, bound, rng),
+            b: Param::zeros(format!("{name}.bias"), 1, fout),
+            cache: None,
+        }
+    }
+    fn id(&self) -> &str {
+        self.w.name.strip_suffix(".weight").unwrap_or(&self.w.name)
+    }
+    pub fn forward(&mut self, be: &mut dyn Backend, x: &Array2<f32>, ctx: Ctx) -> Array2<f32> {
+        let mut y = Array2::<f32>::zeros((x.nrows(), self.w.value.ncols()));
+        be.forward(
+            self.id(),
+            x.view(),
+            self.w.value.view(),
+            y.view_mut(),
+            ctx.fwd_mode,
+        );
+        y += &self.b.value.row(0);
+        if ctx.train {
+            self.cache = Some(x.clone());
+        }
+        y
+    }
+    /// The final layer's weight gradient is never a PSG sign (reference: fp32 SGD for the classifier).
+    pub fn backward(
+        &mut self,
+        be: &mut dyn Backend,
+        dy: &Array2<f32>,
+        need_dx: bool,
+    ) -> Option<Array2<f32>> {
+        let x = self
+            .cache
+            .take()
+            .expect("Linear::backward after a training forward");
+        let id = self.id().to_string();
+        if self.w.trainable {
+            let mut dw = Array2::<f32>::zeros(self.w.value.dim());
+            be.backward_weight(&id, x.view(), dy.view(), dw.view_mut(), false);
+            self.w.grad += &dw;
+            let db: Array1<f32> = dy.sum_axis(Axis(0));
+            self.b.grad.row_mut(0).scaled_add(1.0, &db);
+        }
+        if !need_dx {
+            return None;
+        }
+        let mut dx = Array2::<f32>::zeros(x.dim());
+        be.backward_data(&id, dy.view(), self.w.value.view(), dx.view_mut());
+        Some(dx)
+    }
+}
+
+/// Softmax cross-entropy: returns (mean loss, correct count, dlogits of the mean loss).
+pub fn softmax_ce(logits: &Array2<f32>, labels: &[u8]) -> (f32, u32, Array2<f32>) {
+    let n = logits.nrows();
+    let mut d = Array2::<f32>::zeros(logits.dim());
+    let mut loss = 0f64;
+    let mut correct = 0u32;
+    for (i, (row, mut drow)) in logits.rows().into_iter().zip(d.rows_mut()).enumerate() {
+        let y = labels[i] as usize;
+        let mx = row.fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for (o, &v) in drow.iter_mut().zip(row.iter()) {
+            *o = (v - mx).exp();
+            sum += *o;
+        }
+        for o in drow.iter_mut() {
+            *o /= sum;
+        }
+        loss -= (drow[y].max(1e-30) as f64).ln();
+        let argmax = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |a, (j, &v)| if v > a.1 { (j, v) } else { a },
+            )
+            .0;
+        if argmax == y {
+            correct += 1;
+        }
+        drow[y] -= 1.0;
+    }
+    if n > 0 {
+        d.mapv_inplace(|v| v / n as f32);
+    }
+    (
+        if n > 0 { (loss / n as f64) as f32 } else { 0.0 },
+        correct,
+        d,
+    )
+}

@@ -1,0 +1,189 @@
+//! Shared test plumbing: seeds (printed, overridable with `E2T_SEED`), the re-run with a waveform
+//! when a test fails, golden expectations for counters and cycles.
+
+use e2t_core::{Counters, Mode};
+use e2t_sim::host::{HwCfg, OutFmt, Tile, elems, tiles};
+use e2t_sim::{Stalls, Tb, TbError};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+/// The array the top model was built with.
+pub const HW: HwCfg = HwCfg {
+    r: e2t_sim::TOP_R,
+    c: e2t_sim::TOP_C,
+    depth: e2t_sim::TOP_DEPTH,
+};
+
+fn parse_seed(s: &str) -> Option<u64> {
+    let s = s.trim();
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// The test's seed: `E2T_SEED` if set, else a fixed per-test value (so CI is reproducible).
+pub fn seed_for(name: &str) -> u64 {
+    if let Ok(s) = std::env::var("E2T_SEED") {
+        return parse_seed(&s)
+            .unwrap_or_else(|| panic!("E2T_SEED={s:?} is not a decimal or 0x-hex u64"));
+    }
+    // FNV-1a of the name.
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn wave_path(name: &str, seed: u64) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("waves");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("{name}-{seed:016x}.vcd"))
+}
+
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Runs a testbench scenario with a seed-derived model and data RNG. On failure the scenario is
+/// run again from the start with a VCD waveform (deterministic from the seed), and the test fails
+/// with the first error, the seed and the waveform path. `E2T_WAVES=1` writes the waveform always.
+pub fn run(
+    name: &str,
+    stalls: Stalls,
+    f: impl Fn(&mut Tb, &mut ChaCha8Rng) -> Result<(), TbError>,
+) {
+    let seed = seed_for(name);
+    eprintln!(
+        "{name}: seed {seed:#x} (re-run with E2T_SEED={seed:#x} cargo test -p e2t-sim --test regression {name})"
+    );
+    let attempt = |wave: Option<&Path>| -> Result<(), String> {
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let mut tb = Tb::new(seed, stalls, wave)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed.rotate_left(17) ^ 0x5eed);
+            f(&mut tb, &mut rng)
+        }));
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(p) => Err(panic_text(p)),
+        }
+    };
+    let always = std::env::var("E2T_WAVES").is_ok_and(|v| v == "1");
+    let first = if always {
+        attempt(Some(&wave_path(name, seed)))
+    } else {
+        attempt(None)
+    };
+    if let Err(msg) = first {
+        let path = wave_path(name, seed);
+        let again = if always {
+            Err(msg.clone())
+        } else {
+            attempt(Some(&path))
+        };
+        let note = if again.is_err() {
+            "reproduced"
+        } else {
+            "NOT reproduced: the failure depends on more than the seed"
+        };
+        panic!(
+            "{name} failed with seed {seed:#x}: {msg}\nwaveform of the re-run ({note}): {}",
+            path.display()
+        );
+    } else if always {
+        eprintln!("{name}: waveform {}", wave_path(name, seed).display());
+    }
+}
+
+/// Beats of one tile's operand packet.
+pub fn packet_beats(t: Tile, k: usize, mode: Mode) -> u64 {
+    ((t.rv + t.cv) * k.div_ceil(elems(mode))) as u64
+}
+
+/// Cycles of one pass over a tile (README "Cycle formula"): load + compute + flush, and its busy part.
+fn pass(t: Tile, k: usize, mode: Mode) -> (u64, u64) {
+    let p = match mode {
+        Mode::Int16 => 1,
+        Mode::Int8 => 2,
+    };
+    let s = k.div_ceil(p) as u64;
+    (packet_beats(t, k, mode) + s + 3, s)
+}
+
+// The cycle formula of rtl/README.md, transcribed here because `e2t_numerics::cycles` did not exist
+// when this suite was written; replace with it once it does (the tests then check both agree).
+const T_START: u64 = 1;
+const T_DONE: u64 = 1;
+const T_ROW: u64 = 1;
+
+/// Expected counters of one GEMM command on a quiet bus (no stalls): everything but the stall counts,
+/// with `total_cycles` meaning `total - stall_in - stall_out`.
+pub fn gemm_expect(m: usize, k: usize, n: usize, mode: Mode, fmt: OutFmt) -> Counters {
+    let mut c = Counters {
+        gemms: 1,
+        total_cycles: T_START + T_DONE,
+        ..Default::default()
+    };
+    for t in tiles(m, n, HW) {
+        let (cyc, busy) = pass(t, k, mode);
+        let bpr = fmt.beats_per_row(t.cv) as u64;
+        c.total_cycles += cyc + t.rv as u64 * (T_ROW + bpr);
+        c.busy_cycles += busy;
+        c.bytes_in += 8 * packet_beats(t, k, mode);
+        c.bytes_out += 8 * t.rv as u64 * bpr;
+    }
+    let macs = (m * n * k) as u64;
+    match mode {
+        Mode::Int16 => c.macs_int16 = macs,
+        Mode::Int8 => c.macs_int8 = macs,
+    }
+    c
+}
+
+/// Expected counters of one PSG command given which tiles were recomputed and the uncertain count.
+pub fn psg_expect(m: usize, k: usize, n: usize, recomputed: &[bool], uncertain: u64) -> Counters {
+    let mut c = Counters {
+        gemms: 1,
+        total_cycles: T_START + T_DONE,
+        psg_uncertain: uncertain,
+        ..Default::default()
+    };
+    for (t, &rc) in tiles(m, n, HW).into_iter().zip(recomputed) {
+        let (cyc8, busy8) = pass(t, k, Mode::Int8);
+        let sign_bpr = t.cv.div_ceil(32) as u64;
+        let rv = t.rv as u64;
+        c.total_cycles += cyc8 + rv * (T_ROW + 1) + 1 + rv * (T_ROW + sign_bpr);
+        c.busy_cycles += busy8;
+        c.macs_int8 += (t.rv * t.cv * k) as u64;
+        c.bytes_in += 8 * packet_beats(t, k, Mode::Int8);
+        c.bytes_out += 8 * (1 + rv * sign_bpr);
+        c.psg_predicted += (t.rv * t.cv) as u64;
+        if rc {
+            let (cyc16, busy16) = pass(t, k, Mode::Int16);
+            c.total_cycles += cyc16;
+            c.busy_cycles += busy16;
+            c.macs_int16 += (t.rv * t.cv * k) as u64;
+            c.bytes_in += 8 * packet_beats(t, k, Mode::Int16);
+            c.psg_recomputed_tiles += 1;
+        }
+    }
+    c
+}
+
+/// Compares measured counters (a delta over one command) with the expectation: stall counts are
+/// free, but `total - stalls` must equal the formula exactly.
+pub fn check_counters(got: &Counters, want: &Counters, what: &str) {
+    let mut g = *got;
+    g.total_cycles = got.total_cycles - got.stall_in_cycles - got.stall_out_cycles;
+    g.stall_in_cycles = 0;
+    g.stall_out_cycles = 0;
+    assert_eq!(
+        g, *want,
+        "{what}: counters (total_cycles here = total - stall_in - stall_out) differ from the golden counts / cycle formula\nraw: {got:?}"
+    );
+}
