@@ -400,8 +400,28 @@ impl Tb {
     }
 }
 
+/// Coverage files written by this process (for unique names).
+static COVERAGE_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// With a coverage build (`E2T_SIM_COVERAGE=1`) and `E2T_COVERAGE_DIR` set, writes the model's
+/// coverage counts to a fresh `.dat` file there (scripts/coverage.sh merges them).
+pub fn write_coverage(m: &mut impl Verilated) {
+    let Some(dir) = std::env::var_os("E2T_COVERAGE_DIR") else {
+        return;
+    };
+    if !m.coverage_built() {
+        return;
+    }
+    let n = COVERAGE_FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = Path::new(&dir).join(format!("{}-{}-{n}.dat", m.top_name(), std::process::id()));
+    if let Err(e) = m.write_coverage(&path) {
+        eprintln!("e2t-sim: {e}");
+    }
+}
+
 impl Drop for Tb {
     fn drop(&mut self) {
         self.m.trace_close();
+        write_coverage(&mut self.m);
     }
 }

@@ -22,4 +22,6 @@ pub mod toy;
 
 pub use agent::{AgentError, EngineFactory, serve, serve_link};
 pub use power::{HwmonUcd9000, NoPower, PowerMonitor};
-pub use remote::{BoardSpec, ConnectOptions, RemoteEngine, RemoteError, RemoteOptions, connect};
+pub use remote::{
+    BoardSpec, ConnectOptions, RemoteEngine, RemoteError, RemoteMonitor, RemoteOptions, connect,
+};

@@ -203,11 +203,58 @@ struct Inner {
     opts: RemoteOptions,
     config: EngineConfig,
     link: Option<Link>,
-    info: Option<BoardInfo>,
     base: Option<Vec<u8>>,
     log: Vec<Op>,
+    last_counters: Counters,
+    tel: Arc<Mutex<Telemetry>>,
+}
+
+/// What a run folder wants to know about the link, readable while a request is in progress.
+#[derive(Default)]
+struct Telemetry {
+    closed: LinkStats,
+    current: Option<Arc<Mutex<LinkStats>>>,
     reconnects: u32,
-    closed_stats: LinkStats,
+    info: Option<BoardInfo>,
+}
+
+/// A cloneable view of a [`RemoteEngine`]'s link statistics; keep it after boxing the engine as a
+/// `dyn StepEngine`.
+#[derive(Clone)]
+pub struct RemoteMonitor {
+    tel: Arc<Mutex<Telemetry>>,
+}
+
+impl RemoteMonitor {
+    fn get(&self) -> std::sync::MutexGuard<'_, Telemetry> {
+        self.tel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Link counters summed over all connections of the engine.
+    pub fn link_stats(&self) -> LinkStats {
+        let t = self.get();
+        let mut s = t.closed.clone();
+        if let Some(h) = &t.current {
+            let cur = h.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            s.absorb(&cur);
+            s.transport = cur.transport.clone();
+            s.line_rate = cur.line_rate;
+            s.segment = cur.segment;
+            s.srtt_ms = cur.srtt_ms;
+            s.last_frame_error = cur.last_frame_error.clone().or(s.last_frame_error);
+        }
+        s
+    }
+
+    /// How many times the link was re-established.
+    pub fn reconnects(&self) -> u32 {
+        self.get().reconnects
+    }
+
+    /// What the board said about itself at the last handshake.
+    pub fn board_info(&self) -> Option<BoardInfo> {
+        self.get().info.clone()
+    }
 }
 
 /// A [`StepEngine`] whose engine runs on a board agent.
@@ -228,11 +275,10 @@ impl RemoteEngine {
             opts,
             config: config.clone(),
             link: None,
-            info: None,
             base: None,
             log: Vec::new(),
-            reconnects: 0,
-            closed_stats: LinkStats::default(),
+            last_counters: Counters::default(),
+            tel: Arc::new(Mutex::new(Telemetry::default())),
         };
         inner.open(1)?;
         Ok(RemoteEngine {
@@ -245,37 +291,41 @@ impl RemoteEngine {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A view of the link statistics that stays usable after boxing the engine.
+    pub fn monitor(&self) -> RemoteMonitor {
+        RemoteMonitor {
+            tel: self.lock().tel.clone(),
+        }
+    }
+
     /// What the board said about itself at the last handshake.
     pub fn board_info(&self) -> Option<BoardInfo> {
-        self.lock().info.clone()
+        self.monitor().board_info()
     }
 
     /// Link counters summed over all connections of this engine.
     pub fn link_stats(&self) -> LinkStats {
-        let g = self.lock();
-        let mut s = g.closed_stats.clone();
-        if let Some(l) = &g.link {
-            let cur = l.stats();
-            s.transport = cur.transport.clone();
-            s.line_rate = cur.line_rate;
-            s.segment = cur.segment;
-            s.srtt_ms = cur.srtt_ms;
-            s.absorb(&cur);
-        }
-        s
+        self.monitor().link_stats()
     }
 
     /// How many times the link was re-established.
     pub fn reconnects(&self) -> u32 {
-        self.lock().reconnects
+        self.monitor().reconnects()
     }
 }
 
 impl Inner {
+    fn tel(&self) -> std::sync::MutexGuard<'_, Telemetry> {
+        self.tel.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn close_link(&mut self) {
         if let Some(l) = self.link.take() {
             let s = l.stats();
-            self.closed_stats.absorb(&s);
+            let mut t = self.tel();
+            t.closed.absorb(&s);
+            t.closed.last_frame_error = s.last_frame_error.or(t.closed.last_frame_error.take());
+            t.current = None;
         }
     }
 
@@ -283,7 +333,9 @@ impl Inner {
     fn open(&mut self, attempt: u32) -> Result<(), RemoteError> {
         self.close_link();
         let t = (self.factory)(attempt)?;
-        self.link = Some(Link::connect(t, self.opts.link.clone())?);
+        let link = Link::connect(t, self.opts.link.clone())?;
+        self.tel().current = Some(link.stats_handle());
+        self.link = Some(link);
         let info = match self.call(Msg::Hello(Hello::new("e2train host")))? {
             Msg::HelloAck(i) => i,
             other => {
@@ -314,7 +366,7 @@ impl Inner {
                 });
             }
         }
-        self.info = Some(info);
+        self.tel().info = Some(info);
         let cfg = self.config.clone();
         self.expect_ack(Msg::Configure(cfg), "Configure")
     }
@@ -403,8 +455,12 @@ impl Inner {
     fn recover(&mut self, cause: RemoteError) -> Result<(), RemoteError> {
         let mut last = cause.to_string();
         for _ in 0..self.opts.max_reconnects {
-            self.reconnects += 1;
-            match self.reopen(self.reconnects + 1) {
+            let n = {
+                let mut t = self.tel();
+                t.reconnects += 1;
+                t.reconnects
+            };
+            match self.reopen(n + 1) {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_link() => last = e.to_string(),
                 Err(e) => return Err(e),
@@ -570,13 +626,14 @@ impl StepEngine for RemoteEngine {
         Ok(total)
     }
 
-    /// Counters from the board; if it cannot be reached, zero counters (the trait has no error path;
-    /// the next fallible call reports the link failure).
+    /// Counters from the board. If it cannot be reached, the last value read (the trait has no error
+    /// path; the next fallible call reports the link failure).
     fn counters(&self) -> Counters {
-        match self.lock().request(Msg::ReadCounters) {
-            Ok(Msg::CountersAre(c)) => c,
-            _ => Counters::default(),
+        let mut g = self.lock();
+        if let Ok(Msg::CountersAre(c)) = g.request(Msg::ReadCounters) {
+            g.last_counters = c;
         }
+        g.last_counters
     }
 
     fn checkpoint(&self) -> Result<Vec<u8>, EngineError> {

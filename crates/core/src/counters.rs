@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 /// Invariant: the soft accelerator and the RTL produce equal values for the same sequence of GEMMs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Counters {
-    /// Clock cycles since the last clear (the array's clock, busy or not).
+    /// Clock cycles in which the engine executed a command (stalls included; idle cycles between
+    /// commands are not counted, so the soft model and the RTL agree whatever the host's gaps).
     pub total_cycles: u64,
     /// Cycles in which the array did useful work.
     pub busy_cycles: u64,

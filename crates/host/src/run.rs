@@ -179,6 +179,10 @@ struct HostState {
     next_batch: u64,
     /// Batches (kept or dropped) done over the whole run.
     global_step: u64,
+    /// Added to `global_step` to form `Batch::seq`: a run started with `--init` from another run's
+    /// checkpoint continues that run's numbering, because an engine never applies a `seq` twice
+    /// (or out of order) and the restored engine remembers the last one it applied.
+    seq_base: u64,
     acc: EpochAcc,
     rows: Vec<EpochRow>,
     diag: Vec<DiagRow>,
@@ -543,6 +547,11 @@ fn save_checkpoint(
 /// The engine's checkpoint bytes (for `engine.restore`) from a run folder, a host `checkpoint.bin`,
 /// or a raw engine checkpoint file (returned as is). Used by `--init`.
 pub fn engine_checkpoint(path: &Path) -> Result<Vec<u8>, HostError> {
+    Ok(read_init(path)?.0)
+}
+
+/// Engine bytes and the next free sequence number (0 for a raw engine checkpoint).
+fn read_init(path: &Path) -> Result<(Vec<u8>, u64), HostError> {
     let p = if path.is_dir() {
         path.join(CHECKPOINT_FILE)
     } else {
@@ -550,9 +559,10 @@ pub fn engine_checkpoint(path: &Path) -> Result<Vec<u8>, HostError> {
     };
     let bytes = std::fs::read(&p).map_err(|e| HostError::io(&p, e))?;
     if bytes.starts_with(MAGIC) {
-        Ok(decode_checkpoint(&bytes, &p)?.engine)
+        let st = decode_checkpoint(&bytes, &p)?;
+        Ok((st.engine, st.seq_base + st.global_step))
     } else {
-        Ok(bytes)
+        Ok((bytes, 0))
     }
 }
 
@@ -653,8 +663,10 @@ pub fn run_with_data(
                 )));
             }
         }
+        let mut seq_base = 0;
         if let Some(init) = &cfg.init {
-            let bytes = engine_checkpoint(init)?;
+            let (bytes, next_seq) = read_init(init)?;
+            seq_base = next_seq;
             engine
                 .restore(&bytes)
                 .map_err(engine_err(format!("loading --init {}", init.display())))?;
@@ -666,6 +678,7 @@ pub fn run_with_data(
             epoch: 0,
             next_batch: 0,
             global_step: 0,
+            seq_base,
             acc: EpochAcc::default(),
             rows: Vec::new(),
             diag: Vec::new(),
@@ -700,6 +713,7 @@ pub fn run_with_data(
         let seconds_before = st.acc.train_seconds;
         for b in st.next_batch..batches {
             let step = st.global_step;
+            let seq = st.seq_base + step;
             let lr = sched.lr_at(step);
             let dropped =
                 m.smd && rng_for(cfg.seed, TAG_SMD, epoch as u64, b).random::<f32>() < m.smd_p;
@@ -710,11 +724,11 @@ pub fn run_with_data(
                         .skip_step(lr)
                         .map_err(engine_err(format!("on the SMD skip step {step}")))?;
                 }
-                observers.iter_mut().for_each(|o| o.on_dropped(step, lr));
+                observers.iter_mut().for_each(|o| o.on_dropped(seq, lr));
             } else {
                 let (images, labels) = plan.batch(b as usize);
                 let batch = Batch {
-                    seq: step,
+                    seq,
                     lr,
                     images,
                     labels,
@@ -722,12 +736,12 @@ pub fn run_with_data(
                 let r = engine
                     .step(&batch)
                     .map_err(engine_err(format!("on step {step}")))?;
-                if r.seq != step {
+                if r.seq != seq {
                     return Err(HostError::Engine {
                         context: format!("on step {step}"),
                         source: e2t_core::EngineError::Batch {
                             seq: r.seq,
-                            reason: format!("answered for batch {step}"),
+                            reason: format!("answered for batch {seq}"),
                         },
                     });
                 }

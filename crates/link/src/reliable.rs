@@ -108,6 +108,8 @@ pub struct LinkStats {
     /// COBS errors, short frames, unknown kinds, oversize runs.
     pub framing_errors: u64,
     pub duplicates_dropped: u64,
+    /// The most recent malformed-frame error, for the log.
+    pub last_frame_error: Option<String>,
     /// Frames of another session (before a resync, or from a restarted peer).
     pub stale_frames: u64,
     pub messages_sent: u64,
@@ -318,6 +320,11 @@ impl Link {
 
     pub fn stats(&self) -> LinkStats {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A handle on the live counters that outlives borrows of the link (updated by the worker).
+    pub fn stats_handle(&self) -> Arc<Mutex<LinkStats>> {
+        self.stats.clone()
     }
 
     pub fn session(&self) -> Option<u32> {
@@ -542,13 +549,15 @@ impl Worker {
                                     return;
                                 }
                             }
-                            Err(FrameError::Crc { .. }) => {
+                            Err(e @ FrameError::Crc { .. }) => {
                                 self.stats.crc_errors += 1;
+                                self.stats.last_frame_error = Some(e.to_string());
                                 // Prompt the peer with our state: its next ack-driven retransmit is sooner.
                                 self.ack_pending = self.synced;
                             }
-                            Err(_) => {
+                            Err(e) => {
                                 self.stats.framing_errors += 1;
+                                self.stats.last_frame_error = Some(e.to_string());
                                 self.ack_pending = self.synced;
                             }
                         }

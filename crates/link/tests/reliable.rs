@@ -240,3 +240,53 @@ fn closed_pipe_is_a_transport_error() {
     let e = host.recv(Duration::from_secs(5)).err().unwrap();
     assert!(matches!(e, LinkError::Transport { .. }), "{e}");
 }
+
+#[test]
+fn malformed_frames_of_every_kind_are_counted_and_the_link_recovers() {
+    use e2t_proto::frame::{FLAG_FIN, Frame, FrameKind, MAX_WIRE_FRAME};
+    let (mut raw, a) = in_proc_pair();
+    let mut agent = Link::accept(Box::new(a), cfg());
+    let session = 0x1234;
+    let mut bad_crc = Frame::control(FrameKind::Sync, session, 0, 0).encode();
+    bad_crc[3] ^= 0x40;
+    let unknown_kind = {
+        // A well-formed frame (valid CRC) of kind 9: build it by hand.
+        let mut body = vec![9u8, 0];
+        body.extend_from_slice(&[0; 16]);
+        let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(&body);
+        body.extend_from_slice(&crc.to_le_bytes());
+        let mut w = cobs::encode_vec(&body);
+        w.push(0);
+        w
+    };
+    let mut stream = Vec::new();
+    stream.extend(vec![0x41u8; MAX_WIRE_FRAME + 5]); // oversize (no delimiter for too long)
+    stream.push(0);
+    stream.extend([0x05, 0x01, 0x00]); // COBS code says 4 more bytes, delimiter after 1
+    stream.extend([0x03, 0x11, 0x22, 0x00]); // decodes to 2 bytes: too short
+    stream.extend(bad_crc);
+    stream.extend(unknown_kind);
+    stream.extend(Frame::control(FrameKind::Sync, session, 0, 0).encode());
+    stream.extend(
+        Frame {
+            kind: FrameKind::Data,
+            flags: FLAG_FIN,
+            session,
+            seq: 0,
+            ack: 0,
+            sack: 0,
+            payload: b"hi".to_vec(),
+        }
+        .encode(),
+    );
+    raw.write(&stream, Duration::ZERO).unwrap();
+    let r = agent.recv(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((r.session, r.bytes.as_slice()), (session, &b"hi"[..]));
+    let s = agent.stats();
+    assert_eq!(s.crc_errors, 1, "{s:?}");
+    assert_eq!(
+        s.framing_errors, 4,
+        "oversize, COBS, short, unknown kind: {s:?}"
+    );
+    assert!(s.last_frame_error.is_some());
+}

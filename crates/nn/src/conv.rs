@@ -8,7 +8,7 @@
 //! Forward caches only the input; backward rebuilds the patches in a shared scratch buffer (cheap
 //! next to the GEMMs, and it keeps memory to one patch matrix at a time).
 
-use crate::gemm::GemmEngine;
+use crate::gemm::{Fp32Gemm, GemmEngine, ROW_BLOCK, gemm_serial};
 use crate::param::{Module, Param, TensorKind, TensorRef};
 use crate::scratch::{add_into, with_scratch};
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2, Axis};
@@ -44,89 +44,242 @@ impl ConvGeom {
     }
 }
 
-/// Writes the patch matrix of `x` (NHWC, `n` images of `h x w x Cin`) into `cols` (`[n·ho·wo, k]`).
-fn im2col(g: &ConvGeom, x: &[f32], n: usize, h: usize, w: usize, cols: &mut [f32]) {
-    let (ho, wo) = g.out_hw(h, w);
+/// Writes the patch rows of one image (`img`: `h x w x Cin`) into `out` (`[ho·wo, k]`).
+fn im2col_image(g: &ConvGeom, img: &[f32], h: usize, w: usize, out: &mut [f32]) {
+    let (_, wo) = g.out_hw(h, w);
     let (c, k) = (g.in_ch, g.k());
-    let img_in = h * w * c;
     let span = g.kw * c;
-    cols[..n * ho * wo * k]
-        .par_chunks_mut((ho * wo * k).max(1))
-        .enumerate()
-        .for_each(|(b, out)| {
-            let img = &x[b * img_in..(b + 1) * img_in];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let row = &mut out[(oy * wo + ox) * k..][..k];
-                    let ix0 = (ox * g.stride) as isize - g.pad as isize;
-                    for ky in 0..g.kh {
-                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                        let dst = &mut row[ky * span..(ky + 1) * span];
-                        if iy < 0 || iy >= h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let base = iy as usize * w;
-                        if ix0 >= 0 && ix0 as usize + g.kw <= w {
-                            let s = (base + ix0 as usize) * c;
-                            dst.copy_from_slice(&img[s..s + span]);
-                        } else {
-                            for kx in 0..g.kw {
-                                let ix = ix0 + kx as isize;
-                                let d = &mut dst[kx * c..(kx + 1) * c];
-                                if ix < 0 || ix >= w as isize {
-                                    d.fill(0.0);
-                                } else {
-                                    let s = (base + ix as usize) * c;
-                                    d.copy_from_slice(&img[s..s + c]);
-                                }
-                            }
-                        }
+    for (r, row) in out.chunks_exact_mut(k).enumerate() {
+        let (oy, ox) = (r / wo, r % wo);
+        let ix0 = (ox * g.stride) as isize - g.pad as isize;
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            let dst = &mut row[ky * span..(ky + 1) * span];
+            if iy < 0 || iy >= h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let base = iy as usize * w;
+            if ix0 >= 0 && ix0 as usize + g.kw <= w {
+                let s = (base + ix0 as usize) * c;
+                dst.copy_from_slice(&img[s..s + span]);
+            } else {
+                for kx in 0..g.kw {
+                    let ix = ix0 + kx as isize;
+                    let d = &mut dst[kx * c..(kx + 1) * c];
+                    if ix < 0 || ix >= w as isize {
+                        d.fill(0.0);
+                    } else {
+                        let s = (base + ix as usize) * c;
+                        d.copy_from_slice(&img[s..s + c]);
                     }
                 }
             }
-        });
+        }
+    }
+}
+
+/// Adds one image's patch gradients `src` (`[ho·wo, k]`) onto its input gradient `img`.
+fn col2im_image(g: &ConvGeom, src: &[f32], h: usize, w: usize, img: &mut [f32]) {
+    let (_, wo) = g.out_hw(h, w);
+    let (c, k) = (g.in_ch, g.k());
+    let span = g.kw * c;
+    for (r, row) in src.chunks_exact(k).enumerate() {
+        let (oy, ox) = (r / wo, r % wo);
+        let ix0 = (ox * g.stride) as isize - g.pad as isize;
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            let s = &row[ky * span..(ky + 1) * span];
+            let base = iy as usize * w;
+            if ix0 >= 0 && ix0 as usize + g.kw <= w {
+                let d = (base + ix0 as usize) * c;
+                add_into(&mut img[d..d + span], s);
+            } else {
+                for kx in 0..g.kw {
+                    let ix = ix0 + kx as isize;
+                    if ix >= 0 && ix < w as isize {
+                        let d = (base + ix as usize) * c;
+                        add_into(&mut img[d..d + c], &s[kx * c..(kx + 1) * c]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the patch matrix of `x` (NHWC, `n` images of `h x w x Cin`) into `cols` (`[n·ho·wo, k]`),
+/// in parallel over images.
+fn im2col(g: &ConvGeom, x: &[f32], n: usize, h: usize, w: usize, cols: &mut [f32]) {
+    let (ho, wo) = g.out_hw(h, w);
+    let img_in = h * w * g.in_ch;
+    let per = ho * wo * g.k();
+    if per == 0 {
+        return;
+    }
+    cols[..n * per]
+        .par_chunks_mut(per)
+        .enumerate()
+        .for_each(|(b, out)| im2col_image(g, &x[b * img_in..(b + 1) * img_in], h, w, out));
 }
 
 /// Adds the patch gradients `dcols` back onto the input gradient `dx` (NHWC, zero-initialised).
 /// Parallel over images, so no two workers touch the same `dx` entry.
 fn col2im(g: &ConvGeom, dcols: &[f32], n: usize, h: usize, w: usize, dx: &mut [f32]) {
     let (ho, wo) = g.out_hw(h, w);
-    let (c, k) = (g.in_ch, g.k());
-    let img_in = h * w * c;
-    let span = g.kw * c;
+    let img_in = h * w * g.in_ch;
+    let per = ho * wo * g.k();
+    if img_in == 0 {
+        return;
+    }
     dx[..n * img_in]
-        .par_chunks_mut(img_in.max(1))
+        .par_chunks_mut(img_in)
         .enumerate()
-        .for_each(|(b, img)| {
-            let src = &dcols[b * ho * wo * k..(b + 1) * ho * wo * k];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let row = &src[(oy * wo + ox) * k..][..k];
-                    let ix0 = (ox * g.stride) as isize - g.pad as isize;
-                    for ky in 0..g.kh {
-                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let s = &row[ky * span..(ky + 1) * span];
-                        let base = iy as usize * w;
-                        if ix0 >= 0 && ix0 as usize + g.kw <= w {
-                            let d = (base + ix0 as usize) * c;
-                            add_into(&mut img[d..d + span], s);
-                        } else {
-                            for kx in 0..g.kw {
-                                let ix = ix0 + kx as isize;
-                                if ix >= 0 && ix < w as isize {
-                                    let d = (base + ix as usize) * c;
-                                    add_into(&mut img[d..d + c], &s[kx * c..(kx + 1) * c]);
-                                }
-                            }
-                        }
-                    }
+        .for_each(|(b, img)| col2im_image(g, &dcols[b * per..(b + 1) * per], h, w, img));
+}
+
+/// Images per fused block: about [`ROW_BLOCK`] patch rows, at least one image.
+fn images_per_block(rows_per_image: usize) -> usize {
+    (ROW_BLOCK / rows_per_image.max(1)).max(1)
+}
+
+/// Forward of the fp32 fast path: per block of whole images, im2col into this thread's scratch
+/// (cache-sized) and one single-threaded GEMM into the block's output rows; blocks run in parallel.
+fn fused_forward(
+    f: &Fp32Gemm,
+    g: &ConvGeom,
+    xs: &[f32],
+    (n, h, w): (usize, usize, usize),
+    wt: ArrayView2<'_, f32>,
+    mut y: ArrayViewMut2<'_, f32>,
+) {
+    let (ho, wo) = g.out_hw(h, w);
+    let (k, px, img_in) = (g.k(), ho * wo, h * w * g.in_ch);
+    if n == 0 || px == 0 {
+        return;
+    }
+    let ipb = images_per_block(px);
+    let run = |(bi, yb): (usize, ArrayViewMut2<'_, f32>)| {
+        let nb = yb.dim().0 / px;
+        with_scratch(nb * px * k, |cols| {
+            for i in 0..nb {
+                let b = bi * ipb + i;
+                im2col_image(
+                    g,
+                    &xs[b * img_in..(b + 1) * img_in],
+                    h,
+                    w,
+                    &mut cols[i * px * k..(i + 1) * px * k],
+                );
+            }
+            gemm_serial(
+                ArrayView2::from_shape((nb * px, k), &*cols).expect("patch shape"),
+                wt,
+                yb,
+            );
+        });
+    };
+    let blocks: Vec<_> = y
+        .axis_chunks_iter_mut(Axis(0), ipb * px)
+        .enumerate()
+        .collect();
+    if f.threads() == 1 {
+        blocks.into_iter().for_each(run);
+    } else {
+        blocks.into_par_iter().for_each(run);
+    }
+}
+
+/// Backward of the fp32 fast path: per block of whole images, rebuild the patches in scratch, a
+/// partial weight gradient `colsᵀ·dy`, and (if wanted) `dy·wᵀ` scattered straight into the block's
+/// own images of `dx` (so blocks never write the same entry). The partial weight gradients are
+/// summed in block order into `dw`, independent of the thread count.
+#[allow(clippy::too_many_arguments)]
+fn fused_backward(
+    f: &Fp32Gemm,
+    g: &ConvGeom,
+    xs: &[f32],
+    (n, h, w): (usize, usize, usize),
+    wt: ArrayView2<'_, f32>,
+    dy: ArrayView2<'_, f32>,
+    dw: &mut Array2<f32>,
+    want_dx: bool,
+) -> Option<Array4<f32>> {
+    let (ho, wo) = g.out_hw(h, w);
+    let (k, px, img_in, cout) = (g.k(), ho * wo, h * w * g.in_ch, g.out_ch);
+    let mut dx = want_dx.then(|| Array4::<f32>::zeros((n, h, w, g.in_ch)));
+    dw.fill(0.0);
+    if n == 0 || px == 0 {
+        return dx;
+    }
+    let ipb = images_per_block(px);
+    let run = |bi: usize, dxb: Option<&mut [f32]>| -> Array2<f32> {
+        let b0 = bi * ipb;
+        let nb = ipb.min(n - b0);
+        let dyb = dy.slice(ndarray::s![b0 * px..(b0 + nb) * px, ..]);
+        let mut part = Array2::<f32>::zeros((k, cout));
+        with_scratch(nb * px * k, |cols| {
+            for i in 0..nb {
+                let b = b0 + i;
+                im2col_image(
+                    g,
+                    &xs[b * img_in..(b + 1) * img_in],
+                    h,
+                    w,
+                    &mut cols[i * px * k..(i + 1) * px * k],
+                );
+            }
+            let cv = ArrayView2::from_shape((nb * px, k), &*cols).expect("patch shape");
+            gemm_serial(cv.t(), dyb, part.view_mut());
+            if let Some(dxb) = dxb {
+                // The block's patches are no longer needed: reuse the buffer for their gradient.
+                gemm_serial(
+                    dyb,
+                    wt.t(),
+                    ArrayViewMut2::from_shape((nb * px, k), &mut *cols).expect("patch shape"),
+                );
+                for i in 0..nb {
+                    col2im_image(
+                        g,
+                        &cols[i * px * k..(i + 1) * px * k],
+                        h,
+                        w,
+                        &mut dxb[i * img_in..(i + 1) * img_in],
+                    );
                 }
             }
         });
+        part
+    };
+    let nblocks = n.div_ceil(ipb);
+    let serial = f.threads() == 1;
+    let parts: Vec<Array2<f32>> = match dx.as_mut() {
+        Some(dx) => {
+            let d = dx.as_slice_mut().expect("fresh array");
+            if serial {
+                d.chunks_mut(ipb * img_in)
+                    .enumerate()
+                    .map(|(bi, c)| run(bi, Some(c)))
+                    .collect()
+            } else {
+                d.par_chunks_mut(ipb * img_in)
+                    .enumerate()
+                    .map(|(bi, c)| run(bi, Some(c)))
+                    .collect()
+            }
+        }
+        None if serial => (0..nblocks).map(|bi| run(bi, None)).collect(),
+        None => (0..nblocks)
+            .into_par_iter()
+            .map(|bi| run(bi, None))
+            .collect(),
+    };
+    for p in parts {
+        *dw += &p;
+    }
+    dx
 }
 
 /// Views a standard-layout NHWC tensor as the `[N·H·W, C]` matrix it is in memory.
@@ -221,6 +374,9 @@ impl Conv2d {
             let yv = as_rows_mut(&mut y);
             if g.pointwise() {
                 gemm.forward(&self.name, as_rows(&x), self.weight.view(), yv);
+            } else if let Some(f) = gemm.as_fp32() {
+                let xs = x.as_slice().expect("standard layout");
+                fused_forward(f, &g, xs, (n, h, w), self.weight.view(), yv);
             } else {
                 let xs = x.as_slice().expect("standard layout");
                 with_scratch(m * g.k(), |cols| {
@@ -290,7 +446,19 @@ impl Conv2d {
             *gb += &sums;
         }
         let name = self.name.as_str();
-        let dx = if g.pointwise() {
+        let dx = if let (false, Some(f)) = (g.pointwise(), gemm.as_fp32()) {
+            let xs = x.as_slice().expect("standard layout");
+            fused_backward(
+                f,
+                &g,
+                xs,
+                (n, h, w),
+                self.weight.view(),
+                dyv,
+                &mut self.dw,
+                want_dx,
+            )
+        } else if g.pointwise() {
             gemm.backward_weight(name, as_rows(x), dyv, self.dw.view_mut());
             want_dx.then(|| {
                 let mut dx = Array4::<f32>::zeros((n, h, w, g.in_ch));

@@ -46,6 +46,14 @@ pub trait GemmEngine {
         dy: ArrayView2<'_, f32>,
         dw: ArrayViewMut2<'_, f32>,
     );
+
+    /// Helper, not a GEMM: an engine that is plain fp32 returns itself, which lets convolutions use
+    /// a fused path (im2col of a few images at a time straight into a cache-sized buffer, GEMMs on
+    /// those row blocks). Engines with per-tensor state (scales, counters, PSG) keep the default
+    /// `None`, and layers then call the three methods above on whole matrices.
+    fn as_fp32(&self) -> Option<&Fp32Gemm> {
+        None
+    }
 }
 
 /// The fp32 engine: plain `f32` GEMMs on the `gemm` crate.
@@ -69,7 +77,7 @@ pub struct Fp32Gemm {
 pub const ROW_BLOCK: usize = 2048;
 
 /// Computes `dst = lhs · rhs` on the calling thread (any strides).
-fn gemm_serial(
+pub(crate) fn gemm_serial(
     lhs: ArrayView2<'_, f32>,
     rhs: ArrayView2<'_, f32>,
     mut dst: ArrayViewMut2<'_, f32>,
@@ -257,6 +265,10 @@ impl GemmEngine for Fp32Gemm {
         dw: ArrayViewMut2<'_, f32>,
     ) {
         self.matmul_tn(x, dy, dw);
+    }
+
+    fn as_fp32(&self) -> Option<&Fp32Gemm> {
+        Some(self)
     }
 }
 

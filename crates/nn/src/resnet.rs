@@ -8,12 +8,64 @@
 
 use crate::NnError;
 use crate::bn::BatchNorm2d;
+use crate::conv::standard;
 use crate::conv::{Conv2d, ConvGeom};
 use crate::gemm::GemmEngine;
 use crate::layers::{GlobalAvgPool, Linear};
 use crate::param::{Buffer, Module, Param, TensorRef};
 use e2t_core::InputShape;
-use ndarray::{Array2, Array4, Zip};
+use ndarray::{Array2, Array4};
+use rayon::prelude::*;
+
+/// Elements per parallel chunk of the element-wise block operations.
+const EW_CHUNK: usize = 1 << 15;
+
+/// `z = max(0, z + s)` in parallel (both standard layout, same shape).
+fn add_relu(z: &mut Array4<f32>, s: &Array4<f32>) {
+    assert_eq!(z.dim(), s.dim(), "residual shapes differ");
+    let s = standard(s);
+    let zs = z.as_slice_mut().expect("fresh array");
+    zs.par_chunks_mut(EW_CHUNK)
+        .zip(s.as_slice().expect("standard layout").par_chunks(EW_CHUNK))
+        .for_each(|(a, b)| {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a = (*a + b).max(0.0);
+            }
+        });
+}
+
+/// `a += b` in parallel.
+fn add_par(a: &mut Array4<f32>, b: &Array4<f32>) {
+    assert_eq!(a.dim(), b.dim(), "gradient shapes differ");
+    let b = standard(b);
+    let bs = b.as_slice().expect("standard layout");
+    a.as_slice_mut()
+        .expect("fresh array")
+        .par_chunks_mut(EW_CHUNK)
+        .zip(bs.par_chunks(EW_CHUNK))
+        .for_each(|(a, b)| {
+            crate::scratch::add_into(a, b);
+        });
+}
+
+/// Runs `f` on matching parallel chunks of three same-shaped standard-layout tensors.
+fn for_chunks3(
+    d: &mut Array4<f32>,
+    a: &Array4<f32>,
+    b: &Array4<f32>,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) {
+    let (a, b) = (
+        a.as_slice().expect("standard layout"),
+        b.as_slice().expect("standard layout"),
+    );
+    d.as_slice_mut()
+        .expect("fresh array")
+        .par_chunks_mut(EW_CHUNK)
+        .zip(a.par_chunks(EW_CHUNK))
+        .zip(b.par_chunks(EW_CHUNK))
+        .for_each(|((d, a), b)| f(d, a, b));
+}
 use rand::Rng;
 
 fn conv3x3(name: String, cin: usize, cout: usize, stride: usize) -> Conv2d {
@@ -47,8 +99,8 @@ pub struct BasicBlock {
     pub bn2: BatchNorm2d,
     /// `None` = identity (same shape in and out).
     pub shortcut: Option<Shortcut>,
-    /// Which outputs were positive in the last training forward (the final ReLU's mask).
-    out_mask: Option<Array4<bool>>,
+    /// Output of the last training forward (its positive entries are the final ReLU's mask).
+    out: Option<Array4<f32>>,
 }
 
 impl BasicBlock {
@@ -76,7 +128,7 @@ impl BasicBlock {
             bn2: BatchNorm2d::new(format!("{name}.bn2"), cout, false),
             shortcut,
             name,
-            out_mask: None,
+            out: None,
         }
     }
 
@@ -103,37 +155,31 @@ impl BasicBlock {
             Some(s) => {
                 let sc = s.conv.forward(x, gemm, train);
                 let sc = s.bn.forward(&sc, train);
-                Zip::from(&mut z)
-                    .and(&sc)
-                    .par_for_each(|a, &b| *a = (*a + b).max(0.0));
+                add_relu(&mut z, &sc);
             }
-            None => Zip::from(&mut z)
-                .and(x)
-                .par_for_each(|a, &b| *a = (*a + b).max(0.0)),
+            None => add_relu(&mut z, &standard(x)),
         }
         if train {
-            let mut mask = match self.out_mask.take() {
-                Some(m) if m.dim() == z.dim() => m,
-                _ => Array4::from_elem(z.dim(), false),
-            };
-            Zip::from(&mut mask)
-                .and(&z)
-                .par_for_each(|m, &v| *m = v > 0.0);
-            self.out_mask = Some(mask);
+            // The final ReLU's mask is `out > 0`: keep a copy of the output (reusing the buffer).
+            match &mut self.out {
+                Some(o) if o.dim() == z.dim() => o.assign(&z),
+                slot => *slot = Some(z.clone()),
+            }
         }
         z
     }
 
     pub fn backward(&mut self, dy: &Array4<f32>, gemm: &mut dyn GemmEngine) -> Array4<f32> {
-        let mask = self
-            .out_mask
+        let out = self
+            .out
             .as_ref()
             .unwrap_or_else(|| panic!("{}: backward without a training forward", self.name));
-        assert_eq!(mask.dim(), dy.dim(), "{}: output gradient shape", self.name);
-        let mut d = dy.to_owned();
-        Zip::from(&mut d).and(mask).par_for_each(|g, &m| {
-            if !m {
-                *g = 0.0
+        assert_eq!(out.dim(), dy.dim(), "{}: output gradient shape", self.name);
+        let dy = standard(dy);
+        let mut d = Array4::<f32>::zeros(dy.dim());
+        for_chunks3(&mut d, &dy, out, |d, g, o| {
+            for ((d, &g), &o) in d.iter_mut().zip(g).zip(o) {
+                *d = if o > 0.0 { g } else { 0.0 };
             }
         });
         let dh = self.bn2.backward(&d);
@@ -145,9 +191,9 @@ impl BasicBlock {
             Some(s) => {
                 let ds = s.bn.backward(&d);
                 let ds = s.conv.backward(&ds, gemm);
-                Zip::from(&mut dx).and(&ds).par_for_each(|a, &b| *a += b);
+                add_par(&mut dx, &ds);
             }
-            None => Zip::from(&mut dx).and(&d).par_for_each(|a, &b| *a += b),
+            None => add_par(&mut dx, &d),
         }
         dx
     }

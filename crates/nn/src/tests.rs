@@ -658,3 +658,105 @@ fn two_threads_agree_with_one() {
         assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "{a} vs {b}");
     }
 }
+
+/// An fp32 engine that hides `as_fp32`, so layers take the generic whole-matrix path (the one an
+/// accelerator engine sees).
+struct Generic(Fp32Gemm);
+impl GemmEngine for Generic {
+    fn forward(
+        &mut self,
+        l: LayerId<'_>,
+        x: ndarray::ArrayView2<'_, f32>,
+        w: ndarray::ArrayView2<'_, f32>,
+        y: ndarray::ArrayViewMut2<'_, f32>,
+    ) {
+        self.0.forward(l, x, w, y)
+    }
+    fn backward_data(
+        &mut self,
+        l: LayerId<'_>,
+        dy: ndarray::ArrayView2<'_, f32>,
+        w: ndarray::ArrayView2<'_, f32>,
+        dx: ndarray::ArrayViewMut2<'_, f32>,
+    ) {
+        self.0.backward_data(l, dy, w, dx)
+    }
+    fn backward_weight(
+        &mut self,
+        l: LayerId<'_>,
+        x: ndarray::ArrayView2<'_, f32>,
+        dy: ndarray::ArrayView2<'_, f32>,
+        dw: ndarray::ArrayViewMut2<'_, f32>,
+    ) {
+        self.0.backward_weight(l, x, dy, dw)
+    }
+}
+
+#[test]
+fn fused_fp32_conv_path_matches_generic_gemm_path() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    for geom in [
+        ConvGeom {
+            in_ch: 3,
+            out_ch: 4,
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            pad: 1,
+        },
+        ConvGeom {
+            in_ch: 2,
+            out_ch: 5,
+            kh: 3,
+            kw: 3,
+            stride: 2,
+            pad: 1,
+        },
+        ConvGeom {
+            in_ch: 3,
+            out_ch: 2,
+            kh: 1,
+            kw: 1,
+            stride: 2,
+            pad: 0,
+        },
+    ] {
+        let mut a = Conv2d::new("c", geom, true);
+        init_conv(&mut a, &mut rng);
+        let mut b = Conv2d::new("c", geom, true);
+        b.weight.assign(&a.weight);
+        b.bias.as_mut().unwrap().assign(a.bias.as_ref().unwrap());
+        // 100 images of 7x6: several fused blocks.
+        let x = rand4(&mut rng, (100, 7, 6, geom.in_ch));
+        let mut fused = Fp32Gemm::new(2);
+        let mut generic = Generic(Fp32Gemm::new(1));
+        let ya = a.forward(&x, &mut fused, true);
+        let yb = b.forward(&x, &mut generic, true);
+        let close = |p: &[f32], q: &[f32]| {
+            p.iter()
+                .zip(q)
+                .all(|(u, v)| (u - v).abs() <= 1e-4 * (1.0 + u.abs()))
+        };
+        assert!(close(ya.as_slice().unwrap(), yb.as_slice().unwrap()));
+        let dy = rand4(&mut rng, ya.dim());
+        let dxa = a.backward(&dy, &mut fused);
+        let dxb = b.backward(&dy, &mut generic);
+        assert!(close(dxa.as_slice().unwrap(), dxb.as_slice().unwrap()));
+        assert!(close(
+            a.grad_weight.as_slice().unwrap(),
+            b.grad_weight.as_slice().unwrap()
+        ));
+        assert!(close(
+            a.grad_bias.as_ref().unwrap().as_slice().unwrap(),
+            b.grad_bias.as_ref().unwrap().as_slice().unwrap()
+        ));
+        // The fp32 path is bit-identical for any thread count.
+        let mut c = Conv2d::new("c", geom, true);
+        c.weight.assign(&a.weight);
+        c.bias.as_mut().unwrap().assign(a.bias.as_ref().unwrap());
+        let mut one = Fp32Gemm::new(1);
+        assert_eq!(c.forward(&x, &mut one, true), ya);
+        assert_eq!(c.backward(&dy, &mut one), dxa);
+        assert_eq!(c.grad_weight, a.grad_weight);
+    }
+}

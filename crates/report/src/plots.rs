@@ -168,17 +168,21 @@ fn mean_curve(runs: &[&RunData], col: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Mean over runs of a diagnostic kind per name and epoch: name -> [(epoch, mean)].
-fn mean_diag(runs: &[&RunData], kind: &str) -> BTreeMap<String, Vec<(f64, f64)>> {
-    let mut acc: BTreeMap<String, BTreeMap<i64, (f64, usize)>> = BTreeMap::new();
+/// Mean over runs of a diagnostic kind per name and epoch: [(name, [(epoch, mean)])].
+fn mean_diag(runs: &[&RunData], kind: &str) -> Vec<(String, Curve)> {
+    // First-seen order keeps layers in network order (layer2 before layer10).
+    let mut acc: Vec<(String, BTreeMap<i64, (f64, usize)>)> = Vec::new();
     for r in runs {
         for d in r.diagnostics.iter().flatten().filter(|d| d.kind == kind) {
             if d.epoch.is_finite() && d.value.is_finite() {
-                let s = acc
-                    .entry(d.name.clone())
-                    .or_default()
-                    .entry(d.epoch.round() as i64)
-                    .or_insert((0.0, 0));
+                let i = match acc.iter().position(|(n, _)| *n == d.name) {
+                    Some(i) => i,
+                    None => {
+                        acc.push((d.name.clone(), BTreeMap::new()));
+                        acc.len() - 1
+                    }
+                };
+                let s = acc[i].1.entry(d.epoch.round() as i64).or_insert((0.0, 0));
                 s.0 += d.value;
                 s.1 += 1;
             }
@@ -493,7 +497,7 @@ fn diag_plot(
 ) -> Result<PlotResult, ReportError> {
     let groups: Vec<(String, Vec<(String, Curve)>)> = by_group(runs)
         .into_iter()
-        .map(|(g, rs)| (g, mean_diag(&rs, kind).into_iter().collect::<Vec<_>>()))
+        .map(|(g, rs)| (g, mean_diag(&rs, kind)))
         .filter(|(_, s)| !s.is_empty())
         .collect();
     if groups.is_empty() {
@@ -588,6 +592,39 @@ pub fn learning_curves(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diagnostics_keep_layer_order_and_average_seeds() {
+        use crate::runs::{DiagRow, EpochTable};
+        let mk = |seed: u64, v: f64| RunData {
+            dir: PathBuf::from(format!("r{seed}")),
+            method: "m".into(),
+            seed,
+            group: "m".into(),
+            params: vec![],
+            final_test_acc: 0.5,
+            epochs: EpochTable::default(),
+            diagnostics: Some(
+                ["layer2", "layer10"]
+                    .iter()
+                    .map(|n| DiagRow {
+                        epoch: 1.0,
+                        kind: "k".into(),
+                        name: n.to_string(),
+                        value: v,
+                    })
+                    .collect(),
+            ),
+        };
+        let (a, b) = (mk(0, 0.2), mk(1, 0.4));
+        let d = mean_diag(&[&a, &b], "k");
+        assert_eq!(
+            d.iter().map(|x| x.0.as_str()).collect::<Vec<_>>(),
+            ["layer2", "layer10"]
+        );
+        assert!((d[0].1[0].1 - 0.3).abs() < 1e-12);
+        assert!(mean_diag(&[&a], "other").is_empty());
+    }
 
     #[test]
     fn ranges_are_drawable() {

@@ -370,11 +370,26 @@ mod tests {
 
     #[test]
     fn mean_plus_minus_rounds_to_the_interval() {
-        let e = Estimate { n: 3, mean: 0.904, lo: Some(0.894063), hi: Some(0.913937) };
+        let e = Estimate {
+            n: 3,
+            mean: 0.904,
+            lo: Some(0.894063),
+            hi: Some(0.913937),
+        };
         assert_eq!(pm(Some(&e), 100.0), "90.40 ± 0.99");
-        let e = Estimate { n: 3, mean: 515.0, lo: Some(477.74), hi: Some(552.26) };
+        let e = Estimate {
+            n: 3,
+            mean: 515.0,
+            lo: Some(477.74),
+            hi: Some(552.26),
+        };
         assert_eq!(pm(Some(&e), 1.0), "515 ± 37");
-        let e = Estimate { n: 3, mean: 2.0, lo: Some(2.0), hi: Some(2.0) };
+        let e = Estimate {
+            n: 3,
+            mean: 2.0,
+            lo: Some(2.0),
+            hi: Some(2.0),
+        };
         assert_eq!(pm(Some(&e), 1.0), "2.000 ± 0");
         assert_eq!(pm(None, 1.0), "n/a");
     }

@@ -11,6 +11,7 @@ pub const EPOCHS_CSV: &str = "epochs.csv";
 pub const DIAGNOSTICS_CSV: &str = "diagnostics.csv";
 pub const SUMMARY_JSON: &str = "summary.json";
 pub const SWEEP_RUN_JSON: &str = "sweep_run.json";
+pub const CONFIG_TOML: &str = "config.toml";
 
 /// Columns `epochs.csv` must have.
 pub const REQUIRED_EPOCH_COLUMNS: [&str; 2] = ["epoch", "test_acc"];
@@ -153,7 +154,14 @@ pub fn read_epochs(path: &Path) -> Result<EpochTable, ReportError> {
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         let mut row = Vec::with_capacity(columns.len());
         for (c, s) in columns.iter().zip(rec.iter()) {
-            row.push(parse_cell(path, line, c, s)?);
+            // Text in a column nobody here plots (another observer's) must not break the report;
+            // the required columns and the energy columns must be numbers.
+            let strict = REQUIRED_EPOCH_COLUMNS.contains(&c.as_str()) || c.starts_with("energy_");
+            match parse_cell(path, line, c, s) {
+                Ok(v) => row.push(v),
+                Err(e) if strict => return Err(e),
+                Err(_) => row.push(f64::NAN),
+            }
         }
         rows.push(row);
     }
@@ -199,10 +207,30 @@ pub struct SummaryInfo {
     pub method: String,
     pub seed: u64,
     pub final_test_acc: f64,
+    /// `finished` from the host (it rewrites the summary after every epoch); None when absent.
+    pub finished: Option<bool>,
 }
 
-pub fn read_summary(path: &Path) -> Result<SummaryInfo, ReportError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+/// The seed from the run's `config.toml` or `sweep_run.json`, for summaries that do not carry it.
+fn seed_fallback(dir: &Path) -> Option<u64> {
+    let from_config = std::fs::read_to_string(dir.join(CONFIG_TOML))
+        .ok()
+        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+        .and_then(|t| t.get("seed").and_then(|v| v.as_integer()))
+        .and_then(|i| u64::try_from(i).ok());
+    from_config.or_else(|| {
+        std::fs::read_to_string(dir.join(SWEEP_RUN_JSON))
+            .ok()
+            .and_then(|t| serde_json::from_str::<SweepRunInfo>(&t).ok())
+            .map(|i| i.seed)
+    })
+}
+
+/// Read `summary.json` of the run folder `dir`. Required: `method` (string), `final_test_acc`
+/// (number) and a seed (`seed` here, else from `config.toml` or `sweep_run.json` beside it).
+pub fn read_summary(dir: &Path) -> Result<SummaryInfo, ReportError> {
+    let path = dir.join(SUMMARY_JSON);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| ReportError::Parse {
         file: path.display().to_string(),
         line: e.line() as u64,
@@ -219,25 +247,35 @@ pub fn read_summary(path: &Path) -> Result<SummaryInfo, ReportError> {
         .and_then(|x| x.as_str())
         .ok_or_else(|| missing("method", "a string"))?
         .to_string();
-    let seed = v
-        .get("seed")
-        .and_then(|x| x.as_u64())
-        .ok_or_else(|| missing("seed", "a non-negative integer"))?;
+    let seed = match v.get("seed") {
+        Some(x) => x
+            .as_u64()
+            .ok_or_else(|| missing("seed", "a non-negative integer"))?,
+        None => seed_fallback(dir).ok_or_else(|| {
+            missing(
+                "seed",
+                "a non-negative integer (also not found in config.toml or sweep_run.json)",
+            )
+        })?,
+    };
     let final_test_acc = v
         .get("final_test_acc")
         .and_then(|x| x.as_f64())
         .filter(|x| x.is_finite())
         .ok_or_else(|| missing("final_test_acc", "a finite number"))?;
+    let finished = v.get("finished").and_then(|x| x.as_bool());
     Ok(SummaryInfo {
         method,
         seed,
         final_test_acc,
+        finished,
     })
 }
 
-/// A run folder is finished when its `summary.json` holds the required fields.
+/// A run folder is done when its `summary.json` holds the required fields and does not say
+/// `"finished": false` (the host rewrites it after every epoch of a run still going).
 pub fn is_complete(dir: &Path) -> bool {
-    read_summary(&dir.join(SUMMARY_JSON)).is_ok()
+    read_summary(dir).is_ok_and(|s| s.finished != Some(false))
 }
 
 /// Sweep bookkeeping written into a run folder before the run starts.
@@ -249,9 +287,9 @@ pub struct SweepRunInfo {
     pub params: BTreeMap<String, String>,
 }
 
-/// Read one finished run folder.
+/// Read one run folder (finished or not: see [`is_complete`]).
 pub fn read_run(dir: &Path) -> Result<RunData, ReportError> {
-    let s = read_summary(&dir.join(SUMMARY_JSON))?;
+    let s = read_summary(dir)?;
     let epochs = read_epochs(&dir.join(EPOCHS_CSV))?;
     let dpath = dir.join(DIAGNOSTICS_CSV);
     let diagnostics = if dpath.exists() {
@@ -285,12 +323,19 @@ pub fn read_run(dir: &Path) -> Result<RunData, ReportError> {
 }
 
 /// Runs under `dirs`: each dir is a run folder (has `summary.json`) or a sweep folder whose
-/// subfolders are runs. Unfinished subfolders are skipped and named in the returned notes.
+/// subfolders are runs. In a sweep folder, unfinished runs are skipped; a run folder named directly
+/// is read even if unfinished. Both are named in the returned notes.
 pub fn find_runs(dirs: &[PathBuf]) -> Result<(Vec<RunData>, Vec<String>), ReportError> {
     let mut runs = Vec::new();
     let mut notes = Vec::new();
     for d in dirs {
         if d.join(SUMMARY_JSON).exists() {
+            if !is_complete(d) {
+                notes.push(format!(
+                    "{}: unfinished run, included as it stands",
+                    d.display()
+                ));
+            }
             runs.push(read_run(d)?);
             continue;
         }
@@ -303,13 +348,17 @@ pub fn find_runs(dirs: &[PathBuf]) -> Result<(Vec<RunData>, Vec<String>), Report
         subs.sort();
         let before = runs.len();
         for s in subs {
-            if s.join(SUMMARY_JSON).exists() {
+            if is_complete(&s) {
                 runs.push(read_run(&s)?);
-            } else if s.join(EPOCHS_CSV).exists() || s.join(SWEEP_RUN_JSON).exists() {
-                notes.push(format!(
-                    "{}: unfinished (no summary.json), skipped",
-                    s.display()
-                ));
+            } else if s.join(SUMMARY_JSON).exists()
+                || s.join(EPOCHS_CSV).exists()
+                || s.join(SWEEP_RUN_JSON).exists()
+            {
+                // Read it anyway when possible so a broken file is reported, not silently ignored.
+                if s.join(SUMMARY_JSON).exists() {
+                    read_summary(&s)?;
+                }
+                notes.push(format!("{}: unfinished run, skipped", s.display()));
             }
         }
         if runs.len() == before {
@@ -328,9 +377,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join(EPOCHS_CSV);
         std::fs::write(&p, "test_acc,epoch,energy_j,new_thing\n0.5,0,2.0,x1\n").unwrap();
-        // A non-numeric cell is an error naming the file and the column.
+        // Text in an unknown column reads as missing.
+        assert!(read_epochs(&p).unwrap().column("new_thing").unwrap()[0].is_nan());
+        // A non-numeric cell in a column the report uses is an error naming file and column.
+        std::fs::write(&p, "test_acc,epoch,energy_j\nabc,0,2.0\n").unwrap();
         let e = read_epochs(&p).unwrap_err().to_string();
-        assert!(e.contains("epochs.csv") && e.contains("new_thing"), "{e}");
+        assert!(
+            e.contains("epochs.csv") && e.contains("test_acc") && e.contains(":2:"),
+            "{e}"
+        );
         std::fs::write(&p, "test_acc,epoch,energy_j\n0.5,0,2.0\n0.6,1,\n").unwrap();
         let t = read_epochs(&p).unwrap();
         assert_eq!(t.column("epoch").unwrap(), vec![0.0, 1.0]);
@@ -351,14 +406,28 @@ mod tests {
         assert!(e.to_string().contains("epochs.csv"));
         let s = d.path().join(SUMMARY_JSON);
         std::fs::write(&s, r#"{"method":"baseline","final_test_acc":0.9}"#).unwrap();
-        let e = read_summary(&s).unwrap_err();
+        let e = read_summary(d.path()).unwrap_err();
         assert!(
             matches!(&e, ReportError::MissingKey { key, .. } if key == "seed"),
             "{e}"
         );
         assert!(!is_complete(d.path()));
+        // The host's summary has no seed; its config.toml does.
+        std::fs::write(d.path().join(CONFIG_TOML), "seed = 7\nepochs = 2\n").unwrap();
+        assert_eq!(read_summary(d.path()).unwrap().seed, 7);
+        assert!(is_complete(d.path()));
+        // A summary rewritten mid-run says so: not done.
+        std::fs::write(
+            &s,
+            r#"{"method":"baseline","final_test_acc":0.9,"finished":false}"#,
+        )
+        .unwrap();
+        assert!(!is_complete(d.path()));
         std::fs::write(&s, "{not json").unwrap();
-        assert!(matches!(read_summary(&s), Err(ReportError::Parse { .. })));
+        assert!(matches!(
+            read_summary(d.path()),
+            Err(ReportError::Parse { .. })
+        ));
     }
 
     #[test]

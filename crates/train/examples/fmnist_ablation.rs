@@ -68,7 +68,7 @@ fn parse() -> Result<Args, String> {
 }
 
 fn method(name: &str, a: &Args) -> Result<MethodConfig, String> {
-    let m = if name == "fp32" {
+    let m = if name == "fp32" || name == "e2t-fp32" {
         MethodConfig::fp32()
     } else {
         ablation_presets()
@@ -111,10 +111,16 @@ fn main() -> Result<(), String> {
             train_only: TrainOnly::All,
             array: (16, 16),
         };
-        let mut eng = build_engine(&cfg).map_err(|e| e.to_string())?;
+        // `e2t-fp32`: this crate's engine with fp32 GEMMs (separates layer overhead from the accelerator's).
+        let mut eng: Box<dyn e2t_core::StepEngine> = if name == "e2t-fp32" {
+            Box::new(e2t_train::E2TrainEngine::fp32(cfg).map_err(|e| e.to_string())?)
+        } else {
+            build_engine(&cfg).map_err(|e| e.to_string())?
+        };
         let mut coin = ChaCha8Rng::seed_from_u64(a.seed ^ 0x5AD);
         let (mut seq, mut kept, mut imgs) = (0u64, 0usize, 0usize);
         let mut slu = (0u64, 0u64);
+        let mut last_epoch = (0u64, 0u64);
         // Training work only (the engine's own total also counts evaluation GEMMs).
         let mut train_counters = Counters::default();
         let (mut predicted, mut uncertain) = (0u64, 0u64);
@@ -149,6 +155,10 @@ fn main() -> Result<(), String> {
                     .map_err(|e| e.to_string())?;
                 kept += 1;
                 train_counters.accumulate(&r.counters);
+                if epoch + 1 == a.epochs {
+                    last_epoch.0 += r.correct as u64;
+                    last_epoch.1 += r.samples as u64;
+                }
                 imgs += r.samples as usize;
                 for (_, e, t) in &r.diag.slu_executed {
                     slu.0 += *e as u64;
@@ -166,8 +176,9 @@ fn main() -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         let c = train_counters;
         println!(
-            "{name:<12} acc {:.2}%  kept {kept}/{seq} batches  train {train_s:.1}s = {:.2} ms/image  slu executed {:.3}  psg uncertain {:.3}",
+            "{name:<12} acc {:.2}% (train, last epoch {:.2}%)  kept {kept}/{seq} batches  train {train_s:.1}s = {:.2} ms/image  slu executed {:.3}  psg uncertain {:.3}",
             ev.accuracy() * 100.0,
+            100.0 * last_epoch.0 as f64 / last_epoch.1.max(1) as f64,
             1e3 * train_s / imgs.max(1) as f64,
             if slu.1 > 0 {
                 slu.0 as f64 / slu.1 as f64

@@ -2,7 +2,8 @@
 //! when a test fails, golden expectations for counters and cycles.
 
 use e2t_core::{Counters, Mode};
-use e2t_sim::host::{HwCfg, OutFmt, Tile, elems, tiles};
+use e2t_numerics::cycles::{self, ArrayShape};
+use e2t_sim::host::{HwCfg, OutFmt};
 use e2t_sim::{Stalls, Tb, TbError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -100,83 +101,24 @@ pub fn run(
     }
 }
 
-/// Beats of one tile's operand packet.
-pub fn packet_beats(t: Tile, k: usize, mode: Mode) -> u64 {
-    ((t.rv + t.cv) * k.div_ceil(elems(mode))) as u64
-}
-
-/// Cycles of one pass over a tile (README "Cycle formula"): load + compute + flush, and its busy part.
-fn pass(t: Tile, k: usize, mode: Mode) -> (u64, u64) {
-    let p = match mode {
-        Mode::Int16 => 1,
-        Mode::Int8 => 2,
-    };
-    let s = k.div_ceil(p) as u64;
-    (packet_beats(t, k, mode) + s + 3, s)
-}
-
-// The cycle formula of rtl/README.md, transcribed here because `e2t_numerics::cycles` did not exist
-// when this suite was written; replace with it once it does (the tests then check both agree).
-const T_START: u64 = 1;
-const T_DONE: u64 = 1;
-const T_ROW: u64 = 1;
-
-/// Expected counters of one GEMM command on a quiet bus (no stalls): everything but the stall counts,
-/// with `total_cycles` meaning `total - stall_in - stall_out`.
+/// Expected counters of one GEMM command on a never-stalling bus, from the cycle model
+/// (`e2t_numerics::cycles`, the formula of rtl/README.md).
 pub fn gemm_expect(m: usize, k: usize, n: usize, mode: Mode, fmt: OutFmt) -> Counters {
-    let mut c = Counters {
-        gemms: 1,
-        total_cycles: T_START + T_DONE,
-        ..Default::default()
+    let fmt = match fmt {
+        OutFmt::Requant(_) => cycles::OutFmt::Requant,
+        OutFmt::Raw48 => cycles::OutFmt::Raw48,
+        OutFmt::Sign => cycles::OutFmt::Sign,
     };
-    for t in tiles(m, n, HW) {
-        let (cyc, busy) = pass(t, k, mode);
-        let bpr = fmt.beats_per_row(t.cv) as u64;
-        c.total_cycles += cyc + t.rv as u64 * (T_ROW + bpr);
-        c.busy_cycles += busy;
-        c.bytes_in += 8 * packet_beats(t, k, mode);
-        c.bytes_out += 8 * t.rv as u64 * bpr;
-    }
-    let macs = (m * n * k) as u64;
-    match mode {
-        Mode::Int16 => c.macs_int16 = macs,
-        Mode::Int8 => c.macs_int8 = macs,
-    }
-    c
+    cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, SHAPE).expect("valid GEMM shape")
 }
 
-/// Expected counters of one PSG command given which tiles were recomputed and the uncertain count.
-pub fn psg_expect(m: usize, k: usize, n: usize, recomputed: &[bool], uncertain: u64) -> Counters {
-    let mut c = Counters {
-        gemms: 1,
-        total_cycles: T_START + T_DONE,
-        psg_uncertain: uncertain,
-        ..Default::default()
-    };
-    for (t, &rc) in tiles(m, n, HW).into_iter().zip(recomputed) {
-        let (cyc8, busy8) = pass(t, k, Mode::Int8);
-        let sign_bpr = t.cv.div_ceil(32) as u64;
-        let rv = t.rv as u64;
-        c.total_cycles += cyc8 + rv * (T_ROW + 1) + 1 + rv * (T_ROW + sign_bpr);
-        c.busy_cycles += busy8;
-        c.macs_int8 += (t.rv * t.cv * k) as u64;
-        c.bytes_in += 8 * packet_beats(t, k, Mode::Int8);
-        c.bytes_out += 8 * (1 + rv * sign_bpr);
-        c.psg_predicted += (t.rv * t.cv) as u64;
-        if rc {
-            let (cyc16, busy16) = pass(t, k, Mode::Int16);
-            c.total_cycles += cyc16;
-            c.busy_cycles += busy16;
-            c.macs_int16 += (t.rv * t.cv * k) as u64;
-            c.bytes_in += 8 * packet_beats(t, k, Mode::Int16);
-            c.psg_recomputed_tiles += 1;
-        }
-    }
-    c
+/// Expected counters of one PSG command given the uncertain count of every tile (command order).
+pub fn psg_expect(m: usize, k: usize, n: usize, uncertain: &[u64]) -> Counters {
+    cycles::psg_counters(m as u64, k as u64, n as u64, SHAPE, uncertain).expect("valid PSG shape")
 }
 
 /// Compares measured counters (a delta over one command) with the expectation: stall counts are
-/// free, but `total - stalls` must equal the formula exactly.
+/// free (they depend on the bus), but `total - stall_in - stall_out` must equal the formula exactly.
 pub fn check_counters(got: &Counters, want: &Counters, what: &str) {
     let mut g = *got;
     g.total_cycles = got.total_cycles - got.stall_in_cycles - got.stall_out_cycles;
