@@ -17,16 +17,31 @@ fn version_names_the_git_revision() {
 const BAD_FLAGS: &[(&[&str], &[&str])] = &[
     (&["--batch", "0"], &["--batch", "at least 1"]),
     (&["--lr", "-1"], &["--lr", "-1", "positive"]),
-    (&["--model", "resnet9"], &["resnet9", "resnet8", "mobilenetv2"]),
-    (&["--dataset", "nope"], &["nope", "fashion-mnist", "cifar10"]),
+    (
+        &["--model", "resnet9"],
+        &["resnet9", "resnet8", "mobilenetv2"],
+    ),
+    (
+        &["--dataset", "nope"],
+        &["nope", "fashion-mnist", "cifar10"],
+    ),
     (&["--array", "3"], &["--array", "'3'", "RxC"]),
-    (&["--psg-threshold", "bogus"], &["--psg-threshold", "bogus", "abs:", "rel:"]),
+    (
+        &["--psg-threshold", "bogus"],
+        &["--psg-threshold", "bogus", "abs:", "rel:"],
+    ),
     (&["--board", "usb"], &["usb", "sim", "pty", "serial:"]),
-    (&["--energy-profile", "/nonexistent.toml"], &["/nonexistent.toml", "cannot read"]),
+    (
+        &["--energy-profile", "/nonexistent.toml"],
+        &["/nonexistent.toml", "cannot read"],
+    ),
     (&["--smd-p", "2"], &["--smd-p", "[0, 1)"]),
     (&["--slu-target", "0"], &["--slu-target", "(0, 1]"]),
     (&["--epochs", "0"], &["--epochs", "at least 1"]),
-    (&["--grid-intensity", "-5"], &["--grid-intensity", "non-negative"]),
+    (
+        &["--grid-intensity=-5"],
+        &["--grid-intensity", "non-negative"],
+    ),
     // PSG predicts gradient signs on the accelerator, so it has no fp32 form.
     (&["--method", "fp32", "--psg"], &["--psg", "fp32"]),
 ];
@@ -45,17 +60,30 @@ fn bad_train_flags_give_clear_errors() {
         args.extend_from_slice(flags);
         let err = run_err(&args);
         for w in *words {
-            assert!(err.contains(w), "e2train {flags:?}: message lacks {w:?}:\n{err}");
+            assert!(
+                err.contains(w),
+                "e2train {flags:?}: message lacks {w:?}:\n{err}"
+            );
         }
     }
 }
 
 #[test]
 fn missing_data_set_names_where_it_looked_and_how_to_install() {
-    let err = run_err(&["train", "--quiet", "--data", "/nonexistent", "--subset", "64"]);
+    let err = run_err(&[
+        "train",
+        "--quiet",
+        "--data",
+        "/nonexistent",
+        "--subset",
+        "64",
+    ]);
     assert!(err.contains("fashion-mnist"), "{err}");
     assert!(err.contains("/nonexistent"), "{err}");
-    assert!(err.contains("apt-get install dataset-fashion-mnist"), "{err}");
+    assert!(
+        err.contains("apt-get install dataset-fashion-mnist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -112,9 +140,22 @@ fn unknown_key_in_config_file_names_key_and_file() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("recipe.toml");
     std::fs::write(&cfg, "model = \"resnet8\"\nbogus_key = 3\n").unwrap();
-    let err = run_err(&["train", "--quiet", "--config", cfg.to_str().unwrap(), "--data", FASHION]);
+    let err = run_err(&[
+        "train",
+        "--quiet",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        FASHION,
+    ]);
     assert!(err.contains("bogus_key"), "{err}");
     assert!(err.contains("recipe.toml"), "{err}");
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let err = run_err(&["train", "--quiet", "--config", "/nonexistent/recipe.toml"]);
+    assert!(err.contains("/nonexistent/recipe.toml"), "{err}");
 }
 
 #[test]
@@ -130,7 +171,14 @@ fn resume_of_a_folder_that_is_not_a_run_fails() {
     )
     .unwrap();
     std::fs::write(tmp.path().join("checkpoint.bin"), b"E2THOST1garbage").unwrap();
-    let err = run_err(&["train", "--quiet", "--resume", tmp.path().to_str().unwrap(), "--data", FASHION]);
+    let err = run_err(&[
+        "train",
+        "--quiet",
+        "--resume",
+        tmp.path().to_str().unwrap(),
+        "--data",
+        FASHION,
+    ]);
     assert!(err.contains("checkpoint.bin"), "{err}");
 }
 
@@ -142,7 +190,14 @@ fn resume_refuses_changing_the_recipe() {
         "model = \"resnet8\"\nsubset = 32\ntest_subset = 32\nbatch = 32\nmethod = \"fp32\"\n",
     )
     .unwrap();
-    let err = run_err(&["train", "--quiet", "--resume", tmp.path().to_str().unwrap(), "--lr", "0.3"]);
+    let err = run_err(&[
+        "train",
+        "--quiet",
+        "--resume",
+        tmp.path().to_str().unwrap(),
+        "--lr",
+        "0.3",
+    ]);
     assert!(err.contains("--lr"), "{err}");
     assert!(err.contains("cannot change"), "{err}");
 }
@@ -155,7 +210,17 @@ fn bad_bench_and_sweep_flags_fail_cleanly() {
     assert!(err.contains("CxHxW"), "{err}");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sweep");
-    let err = run_err(&["sweep", "--out", out.to_str().unwrap(), "--methods", "baseline", "--seeds", "0", "--set", "subset"]);
+    let err = run_err(&[
+        "sweep",
+        "--out",
+        out.to_str().unwrap(),
+        "--methods",
+        "baseline",
+        "--seeds",
+        "0",
+        "--set",
+        "subset",
+    ]);
     assert!(err.contains("KEY=VALUE"), "{err}");
     let err = run_err(&["sweep", "--out", out.to_str().unwrap()]);
     assert!(err.contains("--methods"), "{err}");

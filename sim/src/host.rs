@@ -284,12 +284,13 @@ impl Tb {
         self.write(csr::CSR_CMD_PUSH, 1)
     }
 
-    /// Polls STATUS until no command is running or queued.
+    /// Polls STATUS until no command is running or queued and the last one has reported (DONE,
+    /// ERROR or DRAINING set). Use after a command was pushed.
     pub fn wait_idle(&mut self) -> Result<Status, TbError> {
         let start = self.cycle();
         loop {
             let s = self.status()?;
-            if !s.busy() && s.fifo_count() == 0 {
+            if !s.busy() && s.fifo_count() == 0 && (s.done() || s.error() || s.draining()) {
                 return Ok(s);
             }
             if self.cycle() - start > self.hang_limit {

@@ -53,9 +53,19 @@ pub fn run_ok(args: &[&str]) -> Output {
 pub fn run_err(args: &[&str]) -> String {
     let out = e2train().args(args).output().expect("starting e2train");
     let err = text(&out.stderr);
-    assert!(!out.status.success(), "e2train {args:?} should fail but succeeded:\n{}", text(&out.stdout));
-    assert!(!err.contains("panicked at"), "e2train {args:?} panicked:\n{err}");
-    assert!(err.contains("error"), "e2train {args:?}: no error message:\n{err}");
+    assert!(
+        !out.status.success(),
+        "e2train {args:?} should fail but succeeded:\n{}",
+        text(&out.stdout)
+    );
+    assert!(
+        !err.contains("panicked at"),
+        "e2train {args:?} panicked:\n{err}"
+    );
+    assert!(
+        err.contains("error"),
+        "e2train {args:?}: no error message:\n{err}"
+    );
     err
 }
 
@@ -72,10 +82,22 @@ pub fn train(dir: &Path, extra: &[&str]) -> Output {
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
     let t = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut lines = t.lines().filter(|l| !l.is_empty());
-    let header: Vec<String> = lines.next().expect("header").split(',').map(String::from).collect();
-    let rows: Vec<Vec<String>> = lines.map(|l| l.split(',').map(String::from).collect()).collect();
+    let header: Vec<String> = lines
+        .next()
+        .expect("header")
+        .split(',')
+        .map(String::from)
+        .collect();
+    let rows: Vec<Vec<String>> = lines
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
     for r in &rows {
-        assert_eq!(r.len(), header.len(), "{}: row {r:?} does not match the header", path.display());
+        assert_eq!(
+            r.len(),
+            header.len(),
+            "{}: row {r:?} does not match the header",
+            path.display()
+        );
     }
     (header, rows)
 }
@@ -83,7 +105,9 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 /// `epochs.csv` without the wall-clock columns (the only ones allowed to differ between equal runs).
 pub fn epochs_without_timing(dir: &Path) -> Vec<Vec<String>> {
     let (h, rows) = read_csv(&dir.join("epochs.csv"));
-    let keep: Vec<usize> = (0..h.len()).filter(|&i| h[i] != "seconds" && h[i] != "images_per_s").collect();
+    let keep: Vec<usize> = (0..h.len())
+        .filter(|&i| h[i] != "seconds" && h[i] != "images_per_s")
+        .collect();
     std::iter::once(h.clone())
         .chain(rows)
         .map(|r| keep.iter().map(|&i| r[i].clone()).collect())
@@ -97,9 +121,15 @@ pub fn last(dir: &Path, column: &str) -> f64 {
 
 pub fn column_values(dir: &Path, column: &str) -> Vec<f64> {
     let (h, rows) = read_csv(&dir.join("epochs.csv"));
-    let i = h.iter().position(|c| c == column).unwrap_or_else(|| panic!("no column {column} in {h:?}"));
+    let i = h
+        .iter()
+        .position(|c| c == column)
+        .unwrap_or_else(|| panic!("no column {column} in {h:?}"));
     rows.iter()
-        .map(|r| r[i].parse::<f64>().unwrap_or_else(|e| panic!("{column} = {:?}: {e}", r[i])))
+        .map(|r| {
+            r[i].parse::<f64>()
+                .unwrap_or_else(|e| panic!("{column} = {:?}: {e}", r[i]))
+        })
         .collect()
 }
 
@@ -115,7 +145,11 @@ pub fn summary(dir: &Path) -> serde_json::Value {
 pub fn engine_state(dir: &Path) -> Vec<u8> {
     let p = dir.join("checkpoint.bin");
     let d = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    assert!(d.starts_with(b"E2THOST1"), "{}: not a host checkpoint", p.display());
+    assert!(
+        d.starts_with(b"E2THOST1"),
+        "{}: not a host checkpoint",
+        p.display()
+    );
     // The longest tail whose length is written just before it; shorter false matches would need a
     // u64 that happens to equal its own distance from the end.
     (0..d.len() - 8)
@@ -125,7 +159,12 @@ pub fn engine_state(dir: &Path) -> Vec<u8> {
             u64::from_le_bytes(d[at..at + 8].try_into().unwrap()) == n as u64
         })
         .map(|n| d[d.len() - n..].to_vec())
-        .unwrap_or_else(|| panic!("{}: no length-prefixed engine state at the end", p.display()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no length-prefixed engine state at the end",
+                p.display()
+            )
+        })
 }
 
 /// Files in `dir` that look like leftovers of an interrupted atomic write.
@@ -135,7 +174,10 @@ pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| {
             let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with(".e2t-tmp-") || n.starts_with(".tmp") || n.ends_with(".tmp") || n.ends_with('~')
+            n.starts_with(".e2t-tmp-")
+                || n.starts_with(".tmp")
+                || n.ends_with(".tmp")
+                || n.ends_with('~')
         })
         .collect()
 }
@@ -160,12 +202,24 @@ pub fn write_synthetic_idx(dir: &Path, train: u32, test: u32) {
             for r in 0..28usize {
                 for c in 0..28usize {
                     let band = r / 3 == l as usize;
-                    images[i * 784 + r * 28 + c] = if band { 200 } else { ((i * 7 + r * 3 + c) % 40) as u8 };
+                    images[i * 784 + r * 28 + c] = if band {
+                        200
+                    } else {
+                        ((i * 7 + r * 3 + c) % 40) as u8
+                    };
                 }
             }
         }
-        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), idx(0x803, &[n, 28, 28], &images)).unwrap();
-        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), idx(0x801, &[n], &labels)).unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-images-idx3-ubyte")),
+            idx(0x803, &[n, 28, 28], &images),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            idx(0x801, &[n], &labels),
+        )
+        .unwrap();
     }
 }
 

@@ -14,7 +14,14 @@ use std::time::Duration;
 
 const SHAPES: [(usize, usize, usize); 3] = [(100_352, 144, 16), (25_088, 288, 32), (6272, 576, 64)];
 
-fn float_gemm<T: 'static + Copy>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usize, n: usize, zero: T, one: T) {
+fn float_gemm<T: 'static + Copy>(
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    (m, k, n): (usize, usize, usize),
+    zero: T,
+    one: T,
+) {
     // SAFETY: row-major buffers of exactly m*k, k*n and m*n elements.
     unsafe {
         gemm::gemm(
@@ -44,7 +51,9 @@ fn float_gemm<T: 'static + Copy>(a: &[T], b: &[T], c: &mut [T], m: usize, k: usi
 fn bench(c: &mut Criterion) {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut g = c.benchmark_group("gemm");
-    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
     for (m, k, n) in SHAPES {
         let id = format!("{m}x{k}x{n}");
         let af: Vec<f32> = (0..m * k).map(|_| rng.random::<f32>() - 0.5).collect();
@@ -56,7 +65,7 @@ fn bench(c: &mut Criterion) {
         let mut accel = SoftAccel::new(16, 16).unwrap();
 
         g.bench_function(BenchmarkId::new("fp32_gemm_crate", &id), |bch| {
-            bch.iter(|| float_gemm(black_box(&af), &bf, &mut cf, m, k, n, 0.0, 1.0))
+            bch.iter(|| float_gemm(black_box(&af), &bf, &mut cf, (m, k, n), 0.0, 1.0))
         });
         if std::env::var_os("E2T_BENCH_F64").is_some() {
             // The f64 GEMM alone (what the INT16 path runs after converting codes), for a breakdown.
@@ -74,31 +83,46 @@ fn bench(c: &mut Criterion) {
                 bch.iter(|| e2t_numerics::max_abs_finite(black_box(&af)))
             });
             g.bench_function(BenchmarkId::new("f64_gemm_crate", &id), |bch| {
-                bch.iter(|| float_gemm(black_box(&ad), &bd, &mut cd, m, k, n, 0.0, 1.0))
+                bch.iter(|| float_gemm(black_box(&ad), &bd, &mut cd, (m, k, n), 0.0, 1.0))
             });
         }
         for mode in [Mode::Int16, Mode::Int8] {
-            g.bench_function(BenchmarkId::new(format!("soft_{}_raw", mode.as_str()), &id), |bch| {
-                bch.iter(|| {
-                    // One command holds at most 65535 rows: split like AccelGemm does.
-                    for r0 in (0..m).step_by(65_532) {
-                        let r1 = (r0 + 65_532).min(m);
-                        let a = CodeMatrix::row_major(&ac[r0 * k..r1 * k], r1 - r0, k).unwrap();
-                        let b = CodeMatrix::row_major(&bc, k, n).unwrap();
-                        accel.gemm(a, b, mode, GemmOut::Raw(&mut raw[..(r1 - r0) * n])).unwrap();
-                    }
-                })
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("soft_{}_raw", mode.as_str()), &id),
+                |bch| {
+                    bch.iter(|| {
+                        // One command holds at most 65535 rows: split like AccelGemm does.
+                        for r0 in (0..m).step_by(65_532) {
+                            let r1 = (r0 + 65_532).min(m);
+                            let a = CodeMatrix::row_major(&ac[r0 * k..r1 * k], r1 - r0, k).unwrap();
+                            let b = CodeMatrix::row_major(&bc, k, n).unwrap();
+                            accel
+                                .gemm(a, b, mode, GemmOut::Raw(&mut raw[..(r1 - r0) * n]))
+                                .unwrap();
+                        }
+                    })
+                },
+            );
         }
         // The whole forward seam: quantize fp32, GEMM, dequantize.
         let x = Array2::from_shape_vec((m, k), af.clone()).unwrap();
         let w = Array2::from_shape_vec((k, n), bf.clone()).unwrap();
         let mut y = Array2::<f32>::zeros((m, n));
-        for (name, cfg) in [("int16", AccelGemmConfig::baseline()), ("int8", AccelGemmConfig { forward_mode: Mode::Int8, ..AccelGemmConfig::baseline() })] {
+        for (name, cfg) in [
+            ("int16", AccelGemmConfig::baseline()),
+            (
+                "int8",
+                AccelGemmConfig {
+                    forward_mode: Mode::Int8,
+                    ..AccelGemmConfig::baseline()
+                },
+            ),
+        ] {
             let mut eng = AccelGemm::new(SoftAccel::new(16, 16).unwrap(), cfg);
-            g.bench_function(BenchmarkId::new(format!("accelgemm_forward_{name}"), &id), |bch| {
-                bch.iter(|| eng.forward("bench", x.view(), w.view(), y.view_mut()))
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("accelgemm_forward_{name}"), &id),
+                |bch| bch.iter(|| eng.forward("bench", x.view(), w.view(), y.view_mut())),
+            );
         }
     }
     g.finish();

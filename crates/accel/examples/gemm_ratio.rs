@@ -50,8 +50,14 @@ fn main() {
         },
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    println!("shape (MxKxN)      fp32 ms | int16 raw  x | int8 raw  x | fwd int16  x | fwd int8  x");
-    for (m, k, n) in [(100_352usize, 144usize, 16usize), (25_088, 288, 32), (6272, 576, 64)] {
+    println!(
+        "shape (MxKxN)      fp32 ms | int16 raw  x | int8 raw  x | fwd int16  x | fwd int8  x"
+    );
+    for (m, k, n) in [
+        (100_352usize, 144usize, 16usize),
+        (25_088, 288, 32),
+        (6272, 576, 64),
+    ] {
         let af: Vec<f32> = (0..m * k).map(|_| rng.random::<f32>() - 0.5).collect();
         let bf: Vec<f32> = (0..k * n).map(|_| rng.random::<f32>() - 0.5).collect();
         let ac: Vec<i16> = (0..m * k).map(|_| rng.random()).collect();
@@ -62,8 +68,14 @@ fn main() {
         let x = Array2::from_shape_vec((m, k), af.clone()).expect("shape");
         let w = Array2::from_shape_vec((k, n), bf.clone()).expect("shape");
         let mut y = Array2::<f32>::zeros((m, n));
-        let mut e16 = AccelGemm::new(SoftAccel::new(16, 16).expect("array"), AccelGemmConfig::baseline());
-        let cfg8 = AccelGemmConfig { forward_mode: Mode::Int8, ..AccelGemmConfig::baseline() };
+        let mut e16 = AccelGemm::new(
+            SoftAccel::new(16, 16).expect("array"),
+            AccelGemmConfig::baseline(),
+        );
+        let cfg8 = AccelGemmConfig {
+            forward_mode: Mode::Int8,
+            ..AccelGemmConfig::baseline()
+        };
         let mut e8 = AccelGemm::new(SoftAccel::new(16, 16).expect("array"), cfg8);
         let mut best = [Duration::MAX; 5];
         for _ in 0..iters {
@@ -76,7 +88,9 @@ fn main() {
                     let r1 = (r0 + 65_520).min(m);
                     let a = CodeMatrix::row_major(&ac[r0 * k..r1 * k], r1 - r0, k).expect("view");
                     let b = CodeMatrix::row_major(&bc, k, n).expect("view");
-                    accel.gemm(a, b, mode, GemmOut::Raw(&mut raw[r0 * n..r1 * n])).expect("gemm");
+                    accel
+                        .gemm(a, b, mode, GemmOut::Raw(&mut raw[r0 * n..r1 * n]))
+                        .expect("gemm");
                 }
                 best[slot] = best[slot].min(t.elapsed());
             }

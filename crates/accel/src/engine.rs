@@ -26,7 +26,9 @@
 //! Errors from the accelerator cannot cross the `GemmEngine` seam (its methods return nothing): the
 //! first one is kept for [`AccelGemm::take_error`], and the affected output is zeroed.
 
-use crate::{AccelError, Accelerator, CodeMatrix, DIM_K_MAX, DIM_MN_MAX, GemmOut, PsgReport};
+use crate::{
+    AccelError, Accelerator, CodeMatrix, DIM_K_MAX, DIM_MN_MAX, F32Operand, GemmOut, PsgReport,
+};
 use e2t_core::{Counters, LayerPsgStats, MethodConfig, Mode, Precision, PsgThreshold};
 use e2t_nn::{GemmEngine, LayerId};
 use e2t_numerics::{
@@ -290,8 +292,12 @@ impl<A: Accelerator> AccelGemm<A> {
         let xs = contiguous(&x);
         let ws = contiguous(&w);
         let eight = self.cfg.forward_mode == Mode::Int8;
-        let mut qa = std::mem::take(&mut self.qa);
-        let ex = quantize_par(&xs, &mut qa, eight);
+        let max = max_abs_par(&xs);
+        let ex = if eight {
+            choose_exp_8bit(max)
+        } else {
+            choose_exp(max)
+        };
         let (qw, ew) = if eight {
             quantize_columns_8bit(&ws, k, n)
         } else {
@@ -304,14 +310,34 @@ impl<A: Accelerator> AccelGemm<A> {
             col_stride: 1,
             len: ws.len(),
         })?;
+        let mut qa = std::mem::take(&mut self.qa);
         let mut acc = std::mem::take(&mut self.acc);
         acc.resize(m * n, 0);
-        let r = self.run_raw(
-            CodeMatrix::row_major(&qa, m, k)?,
-            CodeMatrix::row_major(&qw, k, n)?,
-            self.cfg.forward_mode,
-            &mut acc,
-        );
+        let (ms, ns) = self.split_limits();
+        let r = if m > 0 && n > 0 && k > 0 && m <= ms && n <= ns && k <= DIM_K_MAX {
+            // One command: let the backend quantize x on the way in (fused in the soft model).
+            let a = F32Operand {
+                data: &xs,
+                rows: m,
+                cols: k,
+                exp: ex,
+                eight_bit: eight,
+            };
+            self.accel.gemm_f32_lhs(
+                a,
+                CodeMatrix::row_major(&qw, k, n)?,
+                self.cfg.forward_mode,
+                GemmOut::Raw(&mut acc),
+            )
+        } else {
+            quantize_with(&xs, ex, &mut qa, eight);
+            self.run_raw(
+                CodeMatrix::row_major(&qa, m, k)?,
+                CodeMatrix::row_major(&qw, k, n)?,
+                self.cfg.forward_mode,
+                &mut acc,
+            )
+        };
         if r.is_ok() {
             // INT8 mode multiplies high bytes: each accumulator unit is 2^8 * 2^8 code units.
             let unit = if eight { 16 } else { 0 };
@@ -541,6 +567,16 @@ impl<A: Accelerator> AccelGemm<A> {
     }
 }
 
+impl AccelGemm<crate::SoftAccel> {
+    /// An engine on a soft accelerator of `array = (rows, cols)` (as in `EngineConfig::array`).
+    pub fn soft(array: (u32, u32), cfg: AccelGemmConfig) -> Result<Self, AccelError> {
+        Ok(Self::new(
+            crate::SoftAccel::new(array.0 as usize, array.1 as usize)?,
+            cfg,
+        ))
+    }
+}
+
 impl<A: Accelerator> GemmEngine for AccelGemm<A> {
     fn forward(
         &mut self,
@@ -676,6 +712,12 @@ fn quantize_par(xs: &[f32], out: &mut Vec<i16>, eight: bool) -> i32 {
     } else {
         choose_exp(max)
     };
+    quantize_with(xs, e, out, eight);
+    e
+}
+
+/// Quantize with a known exponent, in parallel.
+fn quantize_with(xs: &[f32], e: i32, out: &mut Vec<i16>, eight: bool) {
     out.resize(xs.len(), 0);
     out.par_chunks_mut(QCHUNK)
         .zip(xs.par_chunks(QCHUNK))
@@ -686,15 +728,19 @@ fn quantize_par(xs: &[f32], out: &mut Vec<i16>, eight: bool) -> i32 {
                 quantize_into(x, e, o)
             }
         });
-    e
 }
 
 /// `y[i,j] = acc[i*n + j] * scale[j]` (row-major `acc`), in parallel.
 fn write_scaled(y: &mut ArrayViewMut2<'_, f32>, acc: &[i64], scale: &[f64]) {
     let n = scale.len();
     match y.as_slice_mut() {
-        Some(ys) if n > 0 => ys.par_chunks_mut(n * 1024).zip(acc.par_chunks(n * 1024)).for_each(|(yc, ac)| dequantize_rows(yc, ac, scale)),
-        _ => Zip::indexed(y).par_for_each(|(i, j), v| *v = (acc[i * n + j] as f64 * scale[j]) as f32),
+        Some(ys) if n > 0 => ys
+            .par_chunks_mut(n * 1024)
+            .zip(acc.par_chunks(n * 1024))
+            .for_each(|(yc, ac)| dequantize_rows(yc, ac, scale)),
+        _ => {
+            Zip::indexed(y).par_for_each(|(i, j), v| *v = (acc[i * n + j] as f64 * scale[j]) as f32)
+        }
     }
 }
 
@@ -720,7 +766,10 @@ const MAGIC64: f64 = 6_755_399_441_055_744.0;
 #[inline(always)]
 fn dequantize_rows_body(y: &mut [f32], acc: &[i64], scale: &[f64]) {
     let base = MAGIC64.to_bits() as i64;
-    for (yr, ar) in y.chunks_exact_mut(scale.len()).zip(acc.chunks_exact(scale.len())) {
+    for (yr, ar) in y
+        .chunks_exact_mut(scale.len())
+        .zip(acc.chunks_exact(scale.len()))
+    {
         for ((v, &a), &s) in yr.iter_mut().zip(ar).zip(scale) {
             let af = if (-(1i64 << 51)..(1i64 << 51)).contains(&a) {
                 f64::from_bits(base.wrapping_add(a) as u64) - MAGIC64
@@ -762,7 +811,7 @@ mod tests {
     }
 
     fn engine(cfg: AccelGemmConfig) -> AccelGemm<SoftAccel> {
-        AccelGemm::new(SoftAccel::new(4, 4).unwrap(), cfg)
+        AccelGemm::soft((4, 4), cfg).unwrap()
     }
 
     /// Golden: quantize with the numerics crate, integer GEMM, dequantize.

@@ -28,7 +28,7 @@ pub(crate) enum Operand {
     HighNearest,
 }
 
-trait Flt: Copy + Send + Sync + Default + 'static {
+pub(crate) trait Flt: Copy + Send + Sync + Default + 'static {
     fn of(v: i32) -> Self;
     fn int(self) -> i64;
     /// Most products whose sum is exact.
@@ -83,9 +83,21 @@ pub(crate) fn gemm_exact(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out:
     debug_assert_eq!(a.cols(), b.rows());
     debug_assert_eq!(out.len(), a.rows() * b.cols());
     match op {
-        Operand::Full => run::<f64, _>(a, b, |c| c as i32, out),
-        Operand::HighFloor => run::<f32, _>(a, b, |c| (c >> 8) as i32, out),
-        Operand::HighNearest => run::<f32, _>(a, b, |c| high_byte_nearest(c) as i32, out),
+        Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, out),
+        Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, out),
+        Operand::HighNearest => run::<f32, _, _>(a, b, |c| high_byte_nearest(c) as i32, out),
+    }
+}
+
+/// [`gemm_exact`] with an fp32 left operand quantized on the fly (see [`F32Lhs`]); the result equals
+/// quantizing first and calling [`gemm_exact`] on the codes.
+pub(crate) fn gemm_exact_f32(a: F32Lhs<'_>, b: CodeMatrix<'_>, op: Operand, out: &mut [i64]) {
+    debug_assert_eq!(a.data.len(), a.rows * a.cols);
+    debug_assert_eq!(a.cols, b.rows());
+    match op {
+        Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, out),
+        Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, out),
+        Operand::HighNearest => run::<f32, _, _>(a, b, |c| high_byte_nearest(c) as i32, out),
     }
 }
 
@@ -137,8 +149,8 @@ impl<T: Flt> FloatB<T> {
     }
 }
 
-fn run<T: Flt, F: Fn(i16) -> i32 + Sync>(
-    a: CodeMatrix<'_>,
+fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
+    a: L,
     b: CodeMatrix<'_>,
     conv: F,
     out: &mut [i64],
@@ -167,7 +179,7 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync>(
             .for_each(|(bi, dst)| {
                 let r0 = bi * mb;
                 let r1 = (r0 + mb).min(m);
-                block::<T, F>(&a, &bf, &conv, r0, r1, 0, k, ksub, dst);
+                block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, dst);
             });
     } else {
         let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
@@ -180,7 +192,7 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync>(
                     return None;
                 }
                 let mut dst = vec![0i64; (r1 - r0) * n];
-                block::<T, F>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), &mut dst);
+                block::<T, F, L>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), &mut dst);
                 Some((bi, dst))
             })
             .collect();
@@ -198,8 +210,8 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync>(
 /// Rows `r0..r1`, K range `k0..k1`, added (wrapping) into `dst` (row-major `[r1 - r0, n]`).
 /// Dispatches to a copy compiled with AVX2 when the CPU has it (the conversion loops vectorize).
 #[allow(clippy::too_many_arguments)]
-fn block<T: Flt, F: Fn(i16) -> i32>(
-    a: &CodeMatrix<'_>,
+fn block<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
+    a: &L,
     bf: &FloatB<T>,
     conv: &F,
     r0: usize,
@@ -220,8 +232,8 @@ fn block<T: Flt, F: Fn(i16) -> i32>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-fn block_avx2<T: Flt, F: Fn(i16) -> i32>(
-    a: &CodeMatrix<'_>,
+fn block_avx2<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
+    a: &L,
     bf: &FloatB<T>,
     conv: &F,
     r0: usize,
@@ -236,8 +248,8 @@ fn block_avx2<T: Flt, F: Fn(i16) -> i32>(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block_body<T: Flt, F: Fn(i16) -> i32>(
-    a: &CodeMatrix<'_>,
+fn block_body<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
+    a: &L,
     bf: &FloatB<T>,
     conv: &F,
     r0: usize,
@@ -260,7 +272,7 @@ fn block_body<T: Flt, F: Fn(i16) -> i32>(
             flush(&tmp, dst);
             summed = 0;
         }
-        let (a_cs, a_rs) = fill_a(a, conv, r0, rows, kk, kc, &mut abuf);
+        let (a_cs, a_rs) = a.fill(conv, r0, rows, kk, kc, &mut abuf);
         let (bptr, b_cs, b_rs) = bf.at(kk);
         // SAFETY: every pointer covers the region the call reads or writes: `tmp` is rows x n
         // row-major (cs = 1, rs = n), `abuf` holds rows x kc with the strides `fill_a` returned,
@@ -304,42 +316,113 @@ fn flush<T: Flt>(tmp: &[T], dst: &mut [i64]) {
     }
 }
 
-/// Copy A's rows `r0..r0+rows`, columns `kk..kk+kc`, converted, into `abuf` in the source's own
-/// order (a plain streaming copy); returns the buffer's (column stride, row stride).
-#[inline(always)]
-fn fill_a<T: Flt, F: Fn(i16) -> i32>(
-    a: &CodeMatrix<'_>,
-    conv: &F,
-    r0: usize,
-    rows: usize,
-    kk: usize,
-    kc: usize,
-    abuf: &mut [T],
-) -> (isize, isize) {
-    let (rs, cs) = (a.row_stride(), a.col_stride());
-    let data = a.data();
-    if cs == 1 {
-        // Row-major source.
+/// The left operand of a GEMM as the blocks read it.
+pub(crate) trait Lhs: Sync {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Copy rows `r0..r0+rows`, columns `kk..kk+kc` as codes mapped by `conv` into `abuf`, in the
+    /// source's own order (a streaming copy); returns the buffer's (column stride, row stride).
+    fn fill<T: Flt, F: Fn(i16) -> i32>(
+        &self,
+        conv: &F,
+        r0: usize,
+        rows: usize,
+        kk: usize,
+        kc: usize,
+        abuf: &mut [T],
+    ) -> (isize, isize);
+}
+
+impl Lhs for CodeMatrix<'_> {
+    fn rows(&self) -> usize {
+        CodeMatrix::rows(self)
+    }
+    fn cols(&self) -> usize {
+        CodeMatrix::cols(self)
+    }
+    #[inline(always)]
+    fn fill<T: Flt, F: Fn(i16) -> i32>(
+        &self,
+        conv: &F,
+        r0: usize,
+        rows: usize,
+        kk: usize,
+        kc: usize,
+        abuf: &mut [T],
+    ) -> (isize, isize) {
+        let (rs, cs) = (self.row_stride(), self.col_stride());
+        let data = self.data();
+        if cs == 1 {
+            // Row-major source.
+            for (i, drow) in abuf.chunks_exact_mut(kc).take(rows).enumerate() {
+                let src = &data[(r0 + i) * rs + kk..][..kc];
+                for (d, &c) in drow.iter_mut().zip(src) {
+                    *d = T::of(conv(c));
+                }
+            }
+            (1, kc as isize)
+        } else if rs == 1 {
+            // Column-major source (a transposed row-major matrix).
+            for (p, dcol) in abuf.chunks_exact_mut(rows).take(kc).enumerate() {
+                let src = &data[(kk + p) * cs + r0..][..rows];
+                for (d, &c) in dcol.iter_mut().zip(src) {
+                    *d = T::of(conv(c));
+                }
+            }
+            (rows as isize, 1)
+        } else {
+            for i in 0..rows {
+                for p in 0..kc {
+                    abuf[i * kc + p] = T::of(conv(self.get(r0 + i, kk + p)));
+                }
+            }
+            (1, kc as isize)
+        }
+    }
+}
+
+/// A row-major fp32 matrix quantized on the fly with a per-tensor exponent, exactly as
+/// `e2t_numerics::quantize_into` (or `quantize_into_8bit`) would: the codes never touch memory.
+#[derive(Clone, Copy)]
+pub(crate) struct F32Lhs<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub exp: i32,
+    pub eight: bool,
+}
+
+impl Lhs for F32Lhs<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    #[inline(always)]
+    fn fill<T: Flt, F: Fn(i16) -> i32>(
+        &self,
+        conv: &F,
+        r0: usize,
+        rows: usize,
+        kk: usize,
+        kc: usize,
+        abuf: &mut [T],
+    ) -> (isize, isize) {
+        const PIECE: usize = 256;
+        let mut codes = [0i16; PIECE];
         for (i, drow) in abuf.chunks_exact_mut(kc).take(rows).enumerate() {
-            let src = &data[(r0 + i) * rs + kk..][..kc];
-            for (d, &c) in drow.iter_mut().zip(src) {
-                *d = T::of(conv(c));
-            }
-        }
-        (1, kc as isize)
-    } else if rs == 1 {
-        // Column-major source (a transposed row-major matrix).
-        for (p, dcol) in abuf.chunks_exact_mut(rows).take(kc).enumerate() {
-            let src = &data[(kk + p) * cs + r0..][..rows];
-            for (d, &c) in dcol.iter_mut().zip(src) {
-                *d = T::of(conv(c));
-            }
-        }
-        (rows as isize, 1)
-    } else {
-        for i in 0..rows {
-            for p in 0..kc {
-                abuf[i * kc + p] = T::of(conv(a.get(r0 + i, kk + p)));
+            let src = &self.data[(r0 + i) * self.cols + kk..][..kc];
+            for (dp, sp) in drow.chunks_mut(PIECE).zip(src.chunks(PIECE)) {
+                let q = &mut codes[..sp.len()];
+                if self.eight {
+                    e2t_numerics::quantize_into_8bit(sp, self.exp, q);
+                } else {
+                    e2t_numerics::quantize_into(sp, self.exp, q);
+                }
+                for (d, &c) in dp.iter_mut().zip(q.iter()) {
+                    *d = T::of(conv(c));
+                }
             }
         }
         (1, kc as isize)

@@ -21,6 +21,7 @@ pub use engine::{
     AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, GradRounding, LayerPsgState,
 };
 pub use matrix::CodeMatrix;
+
 pub use soft::SoftAccel;
 
 pub use e2t_core::{Counters, Mode};
@@ -56,6 +57,39 @@ impl GemmOut<'_> {
             GemmOut::Raw(o) => o.len(),
             GemmOut::Sign(o) => o.len(),
         }
+    }
+}
+
+/// A row-major fp32 `[rows, cols]` left operand with the per-tensor exponent it is to be quantized
+/// with, exactly as `e2t_numerics::quantize_into` (or `quantize_into_8bit` for an 8-bit tensor).
+#[derive(Clone, Copy, Debug)]
+pub struct F32Operand<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub exp: i32,
+    pub eight_bit: bool,
+}
+
+impl F32Operand<'_> {
+    /// The codes (what travels to the accelerator).
+    pub fn quantize(&self) -> Result<Vec<i16>, AccelError> {
+        if self.rows.checked_mul(self.cols) != Some(self.data.len()) {
+            return Err(AccelError::View {
+                rows: self.rows,
+                cols: self.cols,
+                row_stride: self.cols,
+                col_stride: 1,
+                len: self.data.len(),
+            });
+        }
+        let mut q = vec![0i16; self.data.len()];
+        if self.eight_bit {
+            e2t_numerics::quantize_into_8bit(self.data, self.exp, &mut q);
+        } else {
+            e2t_numerics::quantize_into(self.data, self.exp, &mut q);
+        }
+        Ok(q)
     }
 }
 
@@ -129,6 +163,20 @@ pub trait Accelerator: Send {
         out: GemmOut<'_>,
     ) -> Result<(), AccelError>;
 
+    /// [`Accelerator::gemm`] with the A operand given in fp32 and quantized on the way in. The
+    /// default quantizes, then runs `gemm`; a backend may fuse the two but must give the same
+    /// results and counters.
+    fn gemm_f32_lhs(
+        &mut self,
+        a: F32Operand<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        out: GemmOut<'_>,
+    ) -> Result<(), AccelError> {
+        let q = a.quantize()?;
+        self.gemm(CodeMatrix::row_major(&q, a.rows, a.cols)?, b, mode, out)
+    }
+
     /// Predictive sign GEMM (`OP_PSG`): INT8 prediction per tile, `|P| < threshold` marks an entry
     /// uncertain, tiles holding one are recomputed in INT16 and take their signs from the exact
     /// result. Writes one sign per entry into `signs` (row-major `[m, n]`).
@@ -160,15 +208,24 @@ pub(crate) fn check_command(
     b: &CodeMatrix<'_>,
     out_len: usize,
 ) -> Result<(usize, usize, usize), AccelError> {
-    if a.cols() != b.rows() {
+    check_dims((a.rows(), a.cols()), b, out_len)
+}
+
+/// [`check_command`] for an A operand of shape `(rows, cols)`.
+pub(crate) fn check_dims(
+    a: (usize, usize),
+    b: &CodeMatrix<'_>,
+    out_len: usize,
+) -> Result<(usize, usize, usize), AccelError> {
+    if a.1 != b.rows() {
         return Err(AccelError::Inner {
-            a_rows: a.rows(),
-            a_cols: a.cols(),
+            a_rows: a.0,
+            a_cols: a.1,
             b_rows: b.rows(),
             b_cols: b.cols(),
         });
     }
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let (m, k, n) = (a.0, a.1, b.cols());
     if m == 0 || n == 0 || k == 0 || m > DIM_MN_MAX || n > DIM_MN_MAX || k > DIM_K_MAX {
         return Err(AccelError::Dims { m, k, n });
     }

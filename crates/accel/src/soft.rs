@@ -1,7 +1,10 @@
 //! The soft accelerator: bit-exact results from the fast exact GEMM, counters from the cycle model.
 
-use crate::fast::{Operand, gemm_exact};
-use crate::{AccelError, Accelerator, ArrayShape, CodeMatrix, GemmOut, PsgReport, check_command};
+use crate::fast::{F32Lhs, Operand, gemm_exact, gemm_exact_f32};
+use crate::{
+    AccelError, Accelerator, ArrayShape, CodeMatrix, F32Operand, GemmOut, PsgReport, check_command,
+    check_dims,
+};
 use e2t_core::{Counters, Mode};
 use e2t_numerics::cycles::{self, OutFmt};
 use e2t_numerics::{HwThreshold, MAX_SHIFT, PredRounding, PsgCounts, requantize_unchecked};
@@ -43,6 +46,54 @@ impl SoftAccel {
         self.live
     }
 
+    /// Run one GEMM command: `compute(op, acc)` fills raw accumulators; then the output format and
+    /// the counters.
+    fn gemm_with(
+        &mut self,
+        dims: Result<(usize, usize, usize), AccelError>,
+        mode: Mode,
+        out: GemmOut<'_>,
+        compute: impl FnOnce(Operand, &mut [i64]),
+    ) -> Result<(), AccelError> {
+        let (m, k, n) = match dims {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        let op = match mode {
+            Mode::Int16 => Operand::Full,
+            Mode::Int8 => Operand::HighFloor,
+        };
+        let fmt = match out {
+            GemmOut::Raw(o) => {
+                compute(op, o);
+                OutFmt::Raw48
+            }
+            GemmOut::Requant { shift, out } => {
+                if shift > MAX_SHIFT {
+                    return self.reject(AccelError::Shift(shift));
+                }
+                let mut acc = vec![0i64; m * n];
+                compute(op, &mut acc);
+                for (o, &v) in out.iter_mut().zip(&acc) {
+                    *o = requantize_unchecked(v, shift);
+                }
+                OutFmt::Requant
+            }
+            GemmOut::Sign(out) => {
+                let mut acc = vec![0i64; m * n];
+                compute(op, &mut acc);
+                for (o, &v) in out.iter_mut().zip(&acc) {
+                    *o = v.signum() as i8;
+                }
+                OutFmt::Sign
+            }
+        };
+        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
+            .map_err(|e| AccelError::Cycles(e.to_string()))?;
+        self.live.accumulate(&d);
+        Ok(())
+    }
+
     fn reject<T>(&mut self, e: AccelError) -> Result<T, AccelError> {
         self.live.accumulate(&Counters {
             total_cycles: cycles::rejected_command_cycles(),
@@ -64,43 +115,36 @@ impl Accelerator for SoftAccel {
         mode: Mode,
         out: GemmOut<'_>,
     ) -> Result<(), AccelError> {
-        let (m, k, n) = match check_command(&a, &b, out.len()) {
-            Ok(d) => d,
-            Err(e) => return self.reject(e),
+        let dims = check_command(&a, &b, out.len());
+        self.gemm_with(dims, mode, out, |op, acc| gemm_exact(a, b, op, acc))
+    }
+
+    fn gemm_f32_lhs(
+        &mut self,
+        a: F32Operand<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        out: GemmOut<'_>,
+    ) -> Result<(), AccelError> {
+        if a.rows.checked_mul(a.cols) != Some(a.data.len()) {
+            // Not a command the host could send: no cycles are counted.
+            return Err(AccelError::View {
+                rows: a.rows,
+                cols: a.cols,
+                row_stride: a.cols,
+                col_stride: 1,
+                len: a.data.len(),
+            });
+        }
+        let dims = check_dims((a.rows, a.cols), &b, out.len());
+        let lhs = F32Lhs {
+            data: a.data,
+            rows: a.rows,
+            cols: a.cols,
+            exp: a.exp,
+            eight: a.eight_bit,
         };
-        let op = match mode {
-            Mode::Int16 => Operand::Full,
-            Mode::Int8 => Operand::HighFloor,
-        };
-        let fmt = match out {
-            GemmOut::Raw(o) => {
-                gemm_exact(a, b, op, o);
-                OutFmt::Raw48
-            }
-            GemmOut::Requant { shift, out } => {
-                if shift > MAX_SHIFT {
-                    return self.reject(AccelError::Shift(shift));
-                }
-                let mut acc = vec![0i64; m * n];
-                gemm_exact(a, b, op, &mut acc);
-                for (o, &v) in out.iter_mut().zip(&acc) {
-                    *o = requantize_unchecked(v, shift);
-                }
-                OutFmt::Requant
-            }
-            GemmOut::Sign(out) => {
-                let mut acc = vec![0i64; m * n];
-                gemm_exact(a, b, op, &mut acc);
-                for (o, &v) in out.iter_mut().zip(&acc) {
-                    *o = v.signum() as i8;
-                }
-                OutFmt::Sign
-            }
-        };
-        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
-            .map_err(|e| AccelError::Cycles(e.to_string()))?;
-        self.live.accumulate(&d);
-        Ok(())
+        self.gemm_with(dims, mode, out, |op, acc| gemm_exact_f32(lhs, b, op, acc))
     }
 
     fn psg(
@@ -314,6 +358,79 @@ mod tests {
     }
 
     #[test]
+    fn fused_fp32_operand_equals_quantize_then_gemm() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0004);
+        for case in 0..12 {
+            let (m, k, n) = (
+                rng.random_range(1..50),
+                rng.random_range(1..700),
+                rng.random_range(1..9),
+            );
+            let xs: Vec<f32> = (0..m * k)
+                .map(|_| (rng.random::<f32>() - 0.5) * 3.0)
+                .collect();
+            let b = codes(&mut rng, k * n, 0);
+            let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+            let eight = case % 2 == 1;
+            let exp = if eight {
+                e2t_numerics::choose_exp_8bit(1.5)
+            } else {
+                e2t_numerics::choose_exp(1.5)
+            };
+            let a = F32Operand {
+                data: &xs,
+                rows: m,
+                cols: k,
+                exp,
+                eight_bit: eight,
+            };
+            let mode = if case % 3 == 0 {
+                Mode::Int8
+            } else {
+                Mode::Int16
+            };
+            let mut fused = SoftAccel::new(4, 4).unwrap();
+            let mut plain = SoftAccel::new(4, 4).unwrap();
+            let mut r1 = vec![0i64; m * n];
+            let mut r2 = vec![0i64; m * n];
+            fused
+                .gemm_f32_lhs(a, bm, mode, GemmOut::Raw(&mut r1))
+                .unwrap();
+            let q = a.quantize().unwrap();
+            plain
+                .gemm(
+                    CodeMatrix::row_major(&q, m, k).unwrap(),
+                    bm,
+                    mode,
+                    GemmOut::Raw(&mut r2),
+                )
+                .unwrap();
+            assert_eq!(r1, r2, "case {case}");
+            assert_eq!(r1, gemm_ref(&q, &b, m, k, n, mode).unwrap());
+            assert_eq!(fused.snapshot(), plain.snapshot());
+        }
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let bad = F32Operand {
+            data: &[1.0; 5],
+            rows: 2,
+            cols: 3,
+            exp: 0,
+            eight_bit: false,
+        };
+        let b = [0i16; 6];
+        let mut r = vec![0i64; 4];
+        assert!(
+            acc.gemm_f32_lhs(
+                bad,
+                CodeMatrix::row_major(&b, 3, 2).unwrap(),
+                Mode::Int16,
+                GemmOut::Raw(&mut r)
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
     fn accumulators_wrap_like_the_golden_model() {
         // 2^17 products of 2^30 reach 2^47 and wrap; the fast path splits K across tasks and chunks.
         let k = (1 << 17) + 3;
@@ -367,6 +484,71 @@ mod tests {
                 assert_eq!(rep.counts, g.counts, "seed {seed} case {case} thr {thr}");
                 assert_eq!(rep.max_abs_p, g.max_abs_p);
             }
+        }
+    }
+
+    #[test]
+    fn counters_equal_the_cycle_model_from_golden_tile_counts() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0003);
+        let shape = cycles::ArrayShape { rows: 4, cols: 2 };
+        let mut acc = SoftAccel::new(4, 2).unwrap();
+        for _ in 0..10 {
+            let (m, k, n) = (
+                rng.random_range(1..20),
+                rng.random_range(1..50),
+                rng.random_range(1..12),
+            );
+            let a = codes(&mut rng, m * k, 1);
+            let b = codes(&mut rng, k * n, 1);
+            let am = CodeMatrix::row_major(&a, m, k).unwrap();
+            let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+            let thr = rng.random_range(0..20);
+            // Per-tile uncertain counts from the golden INT8 accumulators, command order.
+            let p = gemm_ref(&a, &b, m, k, n, Mode::Int8).unwrap();
+            let mut unc = Vec::new();
+            for t0 in (0..m).step_by(4) {
+                for c0 in (0..n).step_by(2) {
+                    let cnt = (t0..(t0 + 4).min(m))
+                        .flat_map(|i| (c0..(c0 + 2).min(n)).map(move |j| (i, j)))
+                        .filter(|&(i, j)| p[i * n + j].unsigned_abs() < thr)
+                        .count();
+                    unc.push(cnt as u64);
+                }
+            }
+            let before = acc.snapshot();
+            let mut s = vec![0i8; m * n];
+            acc.psg(
+                am,
+                bm,
+                HwThreshold::Absolute(thr),
+                PredRounding::Floor,
+                &mut s,
+            )
+            .unwrap();
+            let want = cycles::psg_counters(m as u64, k as u64, n as u64, shape, &unc).unwrap();
+            assert_eq!(acc.snapshot().delta_since(&before), want);
+            let before = acc.snapshot();
+            let mut q = vec![0i16; m * n];
+            acc.gemm(
+                am,
+                bm,
+                Mode::Int8,
+                GemmOut::Requant {
+                    shift: 3,
+                    out: &mut q,
+                },
+            )
+            .unwrap();
+            let want = cycles::gemm_counters(
+                m as u64,
+                k as u64,
+                n as u64,
+                Mode::Int8,
+                OutFmt::Requant,
+                shape,
+            )
+            .unwrap();
+            assert_eq!(acc.snapshot().delta_since(&before), want);
         }
     }
 

@@ -20,21 +20,21 @@ pub const GIT_REV: &str = env!("E2T_GIT_REV");
     version = VERSION,
     about = "Energy-efficient CNN training (E2-Train: SMD, SLU, PSG) on a simulated or real FPGA board"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    pub(crate) cmd: Cmd,
 }
 
 #[derive(Subcommand)]
-enum Cmd {
+pub(crate) enum Cmd {
     /// Train a model (fp32 reference, INT16 baseline or E2-Train) and write a run folder.
-    Train(train::TrainCmd),
+    Train(Box<train::TrainCmd>),
     /// The main job of `make run`: a baseline run and an E2-Train run of one recipe, compared.
-    Demo(demo::DemoCmd),
+    Demo(Box<demo::DemoCmd>),
     /// Training-step throughput (images/s) and peak memory of the fp32 engine.
     Bench(BenchCmd),
     /// Run methods x seeds (x hyper-parameters), resumable, with 95% confidence intervals.
-    Sweep(train::SweepCmd),
+    Sweep(Box<train::SweepCmd>),
     /// SVG plots and a Markdown report from run or sweep folders.
     Report(ReportCmd),
     /// Serve the board protocol on a serial port (on the board: the UART device).

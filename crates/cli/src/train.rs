@@ -2,7 +2,7 @@
 //! observer, run, print the result table.
 
 use anyhow::{Context, Result, bail};
-use clap::Args;
+use clap::{Args, Parser};
 use e2t_board::{BoardSpec, ConnectOptions, RemoteEngine, RemoteOptions};
 use e2t_core::{Batch, Counters, EngineConfig, EngineError, EvalResult, StepEngine, StepResult};
 use e2t_energy::{EnergyModel, EnergyObserver, Profile};
@@ -311,6 +311,18 @@ pub fn sweep(cmd: &SweepCmd) -> Result<()> {
     let spec = sweep_spec(cmd)?;
     if cmd.jobs == 0 {
         bail!("--jobs must be at least 1");
+    }
+    // Check every run's flags before starting any, so a typo fails at once rather than run by run.
+    for r in spec.expand()? {
+        let mut argv = vec!["e2train".to_string(), "train".to_string()];
+        argv.extend(r.args(&cmd.out.join(&r.dir_name)));
+        argv.extend(board_flags(&cmd.board));
+        let parsed = crate::Cli::try_parse_from(&argv).map_err(|e| {
+            anyhow::anyhow!("sweep run {}: {}", r.dir_name, e.to_string().lines().next().unwrap_or_default())
+        })?;
+        if let crate::Cmd::Train(t) = parsed.cmd {
+            t.train.resolve().with_context(|| format!("sweep run {}", r.dir_name))?;
+        }
     }
     let plan = e2t_report::Plan::new(&cmd.out, &spec)?;
     let pending: Vec<_> = plan.pending().cloned().collect();

@@ -113,6 +113,10 @@ pub struct MethodConfig {
     /// Predictive sign gradient descent.
     pub psg: bool,
     pub psg_threshold: PsgThreshold,
+    /// Learning-rate factor for sign-updated (PSG) weights. A sign has magnitude 1 whatever the
+    /// gradient's size, so at the normal rate short runs diverge; the reference relies on long
+    /// schedules instead. 1.0 reproduces the reference.
+    pub psg_lr_scale: f32,
 }
 
 impl MethodConfig {
@@ -124,9 +128,10 @@ impl MethodConfig {
             smd_momentum_step: false,
             slu: false,
             slu_target: 0.5,
-            slu_beta: 1e-5,
+            slu_beta: 1.0,
             psg: false,
             psg_threshold: PsgThreshold::Adaptive(0.05),
+            psg_lr_scale: 0.1,
         }
     }
     pub fn baseline() -> Self {

@@ -124,6 +124,10 @@ pub struct Settings {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psg_threshold: Option<String>,
+    /// Learning-rate factor for PSG's sign-updated weights (1.0 = the reference) [default: 0.1]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psg_lr_scale: Option<f64>,
     /// Accelerator MAC array shape RxC [default: 16x16]
     #[arg(long, value_name = "RxC")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -239,6 +243,46 @@ fn finite(key: &str, v: f64) -> Result<f64, HostError> {
 }
 
 /// Parse `RxC` (e.g. `16x16`).
+/// A method name: a preset (`fp32`, `baseline`, `e2train`) or a `+`-joined combination of `smd`,
+/// `slu` and `psg` on the accelerator (e.g. `smd+slu`), optionally prefixed by `fp32+`. These are
+/// also the labels `summary.json` records, so a label can be fed back as `--method`.
+pub fn parse_method(s: &str) -> Result<MethodConfig, HostError> {
+    let l = s.trim().to_ascii_lowercase();
+    match l.as_str() {
+        "fp32" => return Ok(MethodConfig::fp32()),
+        "baseline" => return Ok(MethodConfig::baseline()),
+        "e2train" | "e2-train" => return Ok(MethodConfig::e2train()),
+        _ => {}
+    }
+    let mut m = MethodConfig::baseline();
+    let mut parts = l.split('+').map(str::trim).peekable();
+    if parts.peek() == Some(&"fp32") {
+        m = MethodConfig::fp32();
+        parts.next();
+    }
+    let mut any = false;
+    for p in parts {
+        match p {
+            "smd" if !m.smd => m.smd = true,
+            "slu" if !m.slu => m.slu = true,
+            "psg" if !m.psg => m.psg = true,
+            _ => {
+                return Err(bad(
+                    "method",
+                    format!(
+                        "'{s}' is not fp32, baseline, e2train or a +-joined set of smd, slu, psg (e.g. smd+slu)"
+                    ),
+                ));
+            }
+        }
+        any = true;
+    }
+    if !any {
+        return Err(bad("method", format!("'{s}' names no technique")));
+    }
+    Ok(m)
+}
+
 pub fn parse_array(s: &str) -> Result<(u32, u32), HostError> {
     let err = || {
         bad(
@@ -427,24 +471,7 @@ impl Settings {
             return Err(bad("checkpoint_every", "must be at least 1"));
         }
 
-        let mut method = match self
-            .method
-            .as_deref()
-            .unwrap_or("fp32")
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "fp32" => MethodConfig::fp32(),
-            "baseline" => MethodConfig::baseline(),
-            "e2train" | "e2-train" => MethodConfig::e2train(),
-            other => {
-                return Err(bad(
-                    "method",
-                    format!("'{other}' is not fp32, baseline or e2train"),
-                ));
-            }
-        };
+        let mut method = parse_method(self.method.as_deref().unwrap_or("fp32"))?;
         if let Some(v) = self.smd {
             method.smd = v;
         }
@@ -480,6 +507,13 @@ impl Settings {
         }
         if let Some(t) = &self.psg_threshold {
             method.psg_threshold = parse_psg_threshold(t)?;
+        }
+        if let Some(f) = self.psg_lr_scale {
+            let f = finite("psg_lr_scale", f)?;
+            if !(f > 0.0) {
+                return Err(bad("psg_lr_scale", format!("{f} must be positive")));
+            }
+            method.psg_lr_scale = f as f32;
         }
         let array = parse_array(self.array.as_deref().unwrap_or("16x16"))?;
         let train_only = match self
@@ -628,6 +662,7 @@ impl RunConfig {
             slu_beta: Some(pretty(m.slu_beta)),
             psg: Some(m.psg),
             psg_threshold: Some(psg_threshold_str(m.psg_threshold)),
+            psg_lr_scale: Some(pretty(m.psg_lr_scale)),
             array: Some(format!("{}x{}", self.array.0, self.array.1)),
             init: self.init.clone(),
             train_only: Some(match self.train_only {

@@ -1023,6 +1023,8 @@ impl Worker {
                 let bytes = std::mem::take(&mut self.assembling);
                 self.stats.messages_received += 1;
                 self.stats.payload_bytes_received += bytes.len() as u64;
+                // Counters first, so an application that just got the message sees them updated.
+                self.publish();
                 let _ = self.ev_tx.send(Ok(Received {
                     session: self.session.unwrap_or(0),
                     bytes,

@@ -141,6 +141,7 @@ fn col2im(g: &ConvGeom, dcols: &[f32], n: usize, h: usize, w: usize, dx: &mut [f
 }
 
 /// Images per fused block: about [`ROW_BLOCK`] patch rows, at least one image.
+/// (Measured on ResNet-8: blocks of ~1-2 MB of patches are as fast as any; 4-8 MB ones are slower.)
 fn images_per_block(rows_per_image: usize) -> usize {
     (ROW_BLOCK / rows_per_image.max(1)).max(1)
 }

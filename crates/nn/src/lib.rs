@@ -15,7 +15,17 @@
 //! - Layers cache in `forward(.., train = true)` what their `backward` needs; `backward` accumulates
 //!   into the gradients (`+=`) until `zero_grad`, so a block run on a sub-batch, or not at all,
 //!   contributes exactly its share. Any batch size works, including 0.
-//! - Reductions use fixed chunking, so results are deterministic for a given rayon thread count.
+//! - Reductions (BN statistics, GEMM row blocks, partial weight gradients) use fixed chunking and
+//!   combine in a fixed order, so with [`Fp32Gemm`] results are bit-identical for any thread count.
+//!
+//! # Speed
+//! With the plain fp32 engine ([`GemmEngine::as_fp32`] returns `Some`), a convolution works on
+//! blocks of whole images (~2048 patch rows): im2col into a per-thread, cache-sized scratch buffer,
+//! then single-threaded `gemm` crate calls, blocks spread over rayon. This avoids materialising the
+//! full patch matrix (58 MB per stage-1 conv at batch 128) and the crate's own thread
+//! synchronisation. Other engines (the accelerator) get whole matrices through the three trait
+//! methods. BN+ReLU is fused, element-wise passes are parallel, and [`Fp32Engine::new`] calls
+//! [`keep_freed_memory`] so glibc stops returning (and re-faulting) the activation buffers every step.
 
 pub mod bench;
 pub mod bn;

@@ -108,7 +108,13 @@ const MAGIC32: f32 = 12_582_912.0;
 fn round_sat_f32(v: f32, lo: f32, hi: f32) -> i16 {
     let v = if v.is_nan() { 0.0 } else { v };
     // Clamping before rounding gives the same result as after (the bounds are integers).
-    let c = if v < lo { lo } else if v > hi { hi } else { v };
+    let c = if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    };
     ((c + MAGIC32).to_bits() as u16) as i16
 }
 
@@ -116,7 +122,9 @@ fn round_sat_f32(v: f32, lo: f32, hi: f32) -> i16 {
 /// is subnormal (|value| < 2^-126, which rounds to code 0 either way) or overflows (which saturates
 /// either way), so the f32 path gives the reference result.
 fn scale_f32(e: i32) -> Option<f32> {
-    (-126..=127).contains(&-e).then(|| f32::from_bits(((127 - e) as u32) << 23))
+    (-126..=127)
+        .contains(&-e)
+        .then(|| f32::from_bits(((127 - e) as u32) << 23))
 }
 
 #[inline(always)]
@@ -342,7 +350,17 @@ mod tests {
 
     #[test]
     fn fast_path_edges() {
-        let xs = [32767.5f32, -32768.5, 32766.5, -0.5, 0.5, 1.5, f32::from_bits(1), -f32::from_bits(1), f32::MAX];
+        let xs = [
+            32767.5f32,
+            -32768.5,
+            32766.5,
+            -0.5,
+            0.5,
+            1.5,
+            f32::from_bits(1),
+            -f32::from_bits(1),
+            f32::MAX,
+        ];
         for e in [0, -1, 1, -149 - 14, 114] {
             let mut fast = vec![0i16; xs.len()];
             quantize_into(&xs, e, &mut fast);

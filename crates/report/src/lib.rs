@@ -116,7 +116,7 @@ pub(crate) mod testutil {
             ));
             for l in ["conv1", "layer1.0"] {
                 diag.push_str(&format!(
-                    "{e},psg_uncertain_share,{l},{}\n",
+                    "{e},psg_uncertain_fraction,{l},{}\n",
                     0.3 / (e + 1) as f64
                 ));
             }

@@ -28,6 +28,9 @@ impl PlotResult {
 /// Points of one curve: (epoch, value).
 type Curve = Vec<(f64, f64)>;
 
+/// Per epoch: (sum, count) of the values seen.
+type SumByEpoch = BTreeMap<i64, (f64, usize)>;
+
 const COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
@@ -171,7 +174,7 @@ fn mean_curve(runs: &[&RunData], col: &str) -> Vec<(f64, f64)> {
 /// Mean over runs of a diagnostic kind per name and epoch: [(name, [(epoch, mean)])].
 fn mean_diag(runs: &[&RunData], kind: &str) -> Vec<(String, Curve)> {
     // First-seen order keeps layers in network order (layer2 before layer10).
-    let mut acc: Vec<(String, BTreeMap<i64, (f64, usize)>)> = Vec::new();
+    let mut acc: Vec<(String, SumByEpoch)> = Vec::new();
     for r in runs {
         for d in r.diagnostics.iter().flatten().filter(|d| d.kind == kind) {
             if d.epoch.is_finite() && d.value.is_finite() {
@@ -286,7 +289,7 @@ fn line_panel(
     draw_legend(&legend, &entries, false)
 }
 
-pub const TITLE_ACC_ENERGY: &str = "Top-1 accuracy vs energy per run";
+pub const TITLE_ACC_ENERGY: &str = "Top-1 accuracy vs total energy";
 pub const TITLE_ENERGY_CLASS: &str = "Energy per epoch by class";
 pub const TITLE_PSG: &str = "PSG uncertain share per layer";
 pub const TITLE_SLU: &str = "SLU executed fraction per block";
@@ -529,7 +532,7 @@ fn diag_plot(
 pub fn psg_uncertain_share(runs: &[RunData], file: &Path) -> Result<PlotResult, ReportError> {
     diag_plot(
         runs,
-        "psg_uncertain_share",
+        "psg_uncertain_fraction",
         TITLE_PSG,
         "uncertain share",
         file,

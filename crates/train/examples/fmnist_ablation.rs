@@ -192,7 +192,7 @@ fn main() -> Result<(), String> {
             },
         );
         let label = if m.precision == Precision::Fp32 {
-            "fp32".to_string()
+            name.clone()
         } else {
             m.label()
         };

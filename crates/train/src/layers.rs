@@ -463,6 +463,37 @@ pub struct BatchNorm {
 
 const BN_EPS: f32 = 1e-5;
 const BN_MOMENTUM: f32 = 0.1;
+/// Rows per parallel chunk: fixed, so sums are reduced in the same order for any thread count.
+const BN_CHUNK_ROWS: usize = 2048;
+
+/// Per-channel `(Σ a, Σ a·b)` over `[rows, c]` row-major data, in f64, chunked deterministically.
+fn channel_sums(a: &[f32], b: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    if c == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = a
+        .par_chunks(BN_CHUNK_ROWS * c)
+        .zip(b.par_chunks(BN_CHUNK_ROWS * c))
+        .map(|(ac, bc)| {
+            let (mut s, mut p) = (vec![0f64; c], vec![0f64; c]);
+            for (ar, br) in ac.chunks_exact(c).zip(bc.chunks_exact(c)) {
+                for i in 0..c {
+                    s[i] += ar[i] as f64;
+                    p[i] += ar[i] as f64 * br[i] as f64;
+                }
+            }
+            (s, p)
+        })
+        .collect();
+    let (mut s, mut p) = (vec![0f64; c], vec![0f64; c]);
+    for (ps, pp) in parts {
+        for i in 0..c {
+            s[i] += ps[i];
+            p[i] += pp[i];
+        }
+    }
+    (s, p)
+}
 
 impl BatchNorm {
     pub fn new(name: &str, c: usize) -> Self {
@@ -477,19 +508,13 @@ impl BatchNorm {
     }
     pub fn forward(&mut self, x: Array4<f32>, ctx: Ctx) -> Array4<f32> {
         let (n, h, w, c) = x.dim();
-        let mut m = x
+        let mut m = std_layout(x)
             .into_shape_with_order((n * h * w, c))
             .expect("standard layout");
         let rows_n = m.nrows();
         let (mean, var) = if ctx.train && rows_n > 0 {
-            let mut s = vec![0f64; c];
-            let mut s2 = vec![0f64; c];
-            for r in m.rows() {
-                for ((a, b), &v) in s.iter_mut().zip(s2.iter_mut()).zip(r.iter()) {
-                    *a += v as f64;
-                    *b += (v as f64) * (v as f64);
-                }
-            }
+            let xs = m.as_slice().expect("standard layout");
+            let (s, s2) = channel_sums(xs, xs, c);
             let nf = rows_n as f64;
             let mean: Vec<f32> = s.iter().map(|v| (v / nf) as f32).collect();
             let var: Vec<f32> = s
@@ -509,24 +534,37 @@ impl BatchNorm {
             (self.running_mean.clone(), self.running_var.clone())
         };
         let invstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + BN_EPS).sqrt()).collect();
-        let g = self.gamma.value.row(0);
-        let b = self.beta.value.row(0);
+        let g: Vec<f32> = self.gamma.value.row(0).to_vec();
+        let b: Vec<f32> = self.beta.value.row(0).to_vec();
+        let ys = m.as_slice_mut().expect("standard layout");
+        if c == 0 {
+            return m.into_shape_with_order((n, h, w, c)).expect("same size");
+        }
         if ctx.train {
-            let mut xhat = m.clone();
-            for (mut xr, mut yr) in xhat.rows_mut().into_iter().zip(m.rows_mut()) {
-                for i in 0..c {
-                    let xh = (xr[i] - mean[i]) * invstd[i];
-                    xr[i] = xh;
-                    yr[i] = g[i] * xh + b[i];
-                }
-            }
-            self.cache = Some((xhat, invstd));
+            let mut xhat = vec![0f32; ys.len()];
+            xhat.par_chunks_mut(BN_CHUNK_ROWS * c)
+                .zip(ys.par_chunks_mut(BN_CHUNK_ROWS * c))
+                .for_each(|(xc, yc)| {
+                    for (xr, yr) in xc.chunks_exact_mut(c).zip(yc.chunks_exact_mut(c)) {
+                        for i in 0..c {
+                            let xh = (yr[i] - mean[i]) * invstd[i];
+                            xr[i] = xh;
+                            yr[i] = g[i] * xh + b[i];
+                        }
+                    }
+                });
+            self.cache = Some((
+                Array2::from_shape_vec((rows_n, c), xhat).expect("sized"),
+                invstd,
+            ));
         } else {
-            for mut yr in m.rows_mut() {
-                for i in 0..c {
-                    yr[i] = g[i] * (yr[i] - mean[i]) * invstd[i] + b[i];
+            ys.par_chunks_mut(BN_CHUNK_ROWS * c).for_each(|yc| {
+                for yr in yc.chunks_exact_mut(c) {
+                    for i in 0..c {
+                        yr[i] = g[i] * (yr[i] - mean[i]) * invstd[i] + b[i];
+                    }
                 }
-            }
+            });
         }
         m.into_shape_with_order((n, h, w, c)).expect("same size")
     }
@@ -536,17 +574,17 @@ impl BatchNorm {
             .take()
             .expect("BatchNorm::backward after a training forward");
         let (n, h, w, c) = dy.dim();
-        let mut d = dy
+        let mut d = std_layout(dy)
             .into_shape_with_order((n * h * w, c))
             .expect("standard layout");
-        let mut dg = vec![0f64; c];
-        let mut db = vec![0f64; c];
-        for (dr, xr) in d.rows().into_iter().zip(xhat.rows()) {
-            for i in 0..c {
-                dg[i] += (dr[i] * xr[i]) as f64;
-                db[i] += dr[i] as f64;
-            }
+        if c == 0 || d.is_empty() {
+            return d.into_shape_with_order((n, h, w, c)).expect("same size");
         }
+        let (db, dg) = channel_sums(
+            d.as_slice().expect("standard layout"),
+            xhat.as_slice().expect("fresh array"),
+            c,
+        );
         if self.gamma.trainable {
             for i in 0..c {
                 self.gamma.grad[[0, i]] += dg[i] as f32;
@@ -554,13 +592,26 @@ impl BatchNorm {
             }
         }
         let mf = d.nrows() as f32;
-        let g = self.gamma.value.row(0).to_owned();
-        for (mut dr, xr) in d.rows_mut().into_iter().zip(xhat.rows()) {
-            for i in 0..c {
-                let k = g[i] * invstd[i] / mf;
-                dr[i] = k * (mf * dr[i] - db[i] as f32 - xr[i] * dg[i] as f32);
-            }
-        }
+        let g: Vec<f32> = self.gamma.value.row(0).to_vec();
+        let k: Vec<f32> = (0..c).map(|i| g[i] * invstd[i] / mf).collect();
+        let (db, dg): (Vec<f32>, Vec<f32>) = (
+            db.iter().map(|v| *v as f32).collect(),
+            dg.iter().map(|v| *v as f32).collect(),
+        );
+        let ds = d.as_slice_mut().expect("standard layout");
+        ds.par_chunks_mut(BN_CHUNK_ROWS * c)
+            .zip(
+                xhat.as_slice()
+                    .expect("fresh array")
+                    .par_chunks(BN_CHUNK_ROWS * c),
+            )
+            .for_each(|(dc, xc)| {
+                for (dr, xr) in dc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
+                    for i in 0..c {
+                        dr[i] = k[i] * (mf * dr[i] - db[i] - xr[i] * dg[i]);
+                    }
+                }
+            });
         d.into_shape_with_order((n, h, w, c)).expect("same size")
     }
 }

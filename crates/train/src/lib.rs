@@ -54,7 +54,10 @@ pub fn build_engine(cfg: &EngineConfig) -> Result<Box<dyn StepEngine>, EngineErr
 /// an E2-Train engine checkpoint (any method, same model, input and classes) with fresh optimizer
 /// state, RNG and counters. Always an [`E2TrainEngine`] (also for plain fp32, so that weights-only
 /// loading is available); fp32-engine (`e2t-nn`) checkpoints are refused with a clear error.
-pub fn build_engine_with_init(cfg: &EngineConfig, init: &[u8]) -> Result<Box<dyn StepEngine>, EngineError> {
+pub fn build_engine_with_init(
+    cfg: &EngineConfig,
+    init: &[u8],
+) -> Result<Box<dyn StepEngine>, EngineError> {
     let mut eng = E2TrainEngine::with_backend(cfg.clone(), backend::for_config(cfg)?)?;
     eng.load_weights_from_checkpoint(init)?;
     Ok(Box::new(eng))

@@ -7,6 +7,15 @@
 //!
 //! Per gated block, only executed samples are gathered and run through the body, forward and
 //! backward; skipped samples cost no body work. The shortcut runs on every sample.
+//!
+//! Straight-through gradient of a gate decision: dL/dp = dL/dm = <dL/dy, B(x) - S(x)> for an
+//! executed sample. For a skipped sample B(x) was never computed (that is the saving), so its task
+//! gradient is zero and only the cost regulariser acts on its p (the reference computes every block
+//! and masks, so it also has the task term for skipped samples).
+//!
+//! BatchNorm in a gated block sees only the executed samples: batch statistics over them, running
+//! statistics updated from them (momentum 0.1); a block with no executed sample is skipped entirely
+//! (no BN update, zero gradients, but the optimizer still applies momentum/weight decay to it).
 
 use crate::backend::Backend;
 use crate::blocks::{BasicBlock, Block, InvertedResidual};

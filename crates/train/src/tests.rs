@@ -950,10 +950,15 @@ fn mobilenetv2_depthwise_work_is_counted_on_the_accelerator() {
 #[test]
 fn init_from_checkpoint_for_fine_tuning() {
     let cfg = tiny_cfg(ModelKind::ResNet { depth: 8 }, 8, MethodConfig::fp32());
-    let mut src = E2TrainEngine::with_backend(cfg.clone(), Box::new(fp32_backend())).expect("engine");
+    let mut src =
+        E2TrainEngine::with_backend(cfg.clone(), Box::new(fp32_backend())).expect("engine");
     src.step(&batch(1, 4, 8, 0.1)).expect("step");
     let ck = src.checkpoint().expect("ckpt");
-    let ft = EngineConfig { train_only: TrainOnly::Last, seed: 99, ..cfg.clone() };
+    let ft = EngineConfig {
+        train_only: TrainOnly::Last,
+        seed: 99,
+        ..cfg.clone()
+    };
     let mut eng = crate::build_engine_with_init(&ft, &ck).expect("init");
     let probe = batch(5, 8, 8, 0.0);
     assert_eq!(
@@ -961,7 +966,13 @@ fn init_from_checkpoint_for_fine_tuning() {
         eng.evaluate(&probe.images, &probe.labels).expect("ft")
     );
     // The fp32 engine's checkpoints are recognised and refused with a pointer to what works.
-    let nn = crate::build_engine(&cfg).expect("fp32 engine").checkpoint().expect("ckpt");
-    let msg = crate::build_engine_with_init(&ft, &nn).err().expect("nn checkpoint").to_string();
+    let nn = crate::build_engine(&cfg)
+        .expect("fp32 engine")
+        .checkpoint()
+        .expect("ckpt");
+    let msg = crate::build_engine_with_init(&ft, &nn)
+        .err()
+        .expect("nn checkpoint")
+        .to_string();
     assert!(msg.contains("fp32 engine"), "{msg}");
 }

@@ -16,6 +16,10 @@ pub const HW: HwCfg = HwCfg {
     c: e2t_sim::TOP_C,
     depth: e2t_sim::TOP_DEPTH,
 };
+const SHAPE: ArrayShape = ArrayShape {
+    rows: e2t_sim::TOP_R as u32,
+    cols: e2t_sim::TOP_C as u32,
+};
 
 fn parse_seed(s: &str) -> Option<u64> {
     let s = s.trim();
