@@ -19,8 +19,11 @@ pub struct DemoCmd {
     #[arg(long, default_value_t = 2)]
     epochs: u32,
     /// Training images used (the demo must finish in a few minutes)
-    #[arg(long, default_value_t = 20000)]
+    #[arg(long, default_value_t = 10000)]
     subset: usize,
+    /// Test images evaluated after each epoch
+    #[arg(long, default_value_t = 2000)]
+    test_subset: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Folder for both runs and the report (default: runs/demo-<UTC time>)
@@ -31,10 +34,12 @@ pub struct DemoCmd {
 }
 
 pub fn demo(cmd: &DemoCmd) -> Result<()> {
-    let out = cmd
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("demo-{}", e2t_host::config::utc_stamp(std::time::SystemTime::now()))));
+    let out = cmd.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "demo-{}",
+            e2t_host::config::utc_stamp(std::time::SystemTime::now())
+        ))
+    });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let mut rows = Vec::new();
     let mut dirs = Vec::new();
@@ -49,6 +54,7 @@ pub fn demo(cmd: &DemoCmd) -> Result<()> {
                 data: cmd.data.clone(),
                 epochs: Some(cmd.epochs),
                 subset: Some(cmd.subset),
+                test_subset: Some(cmd.test_subset),
                 seed: Some(cmd.seed),
                 method: Some(method.into()),
                 out: Some(dir.clone()),
@@ -57,14 +63,21 @@ pub fn demo(cmd: &DemoCmd) -> Result<()> {
         };
         let mut cfg = args.resolve()?;
         cfg.git_rev = Some(crate::GIT_REV.to_string());
-        println!("== {method}: {} on {}, {} epochs, {} images, board {}", cmd.model, cmd.dataset, cmd.epochs, cmd.subset, cmd.board.board);
-        let o = run_training(&cfg, &cmd.board, true).with_context(|| format!("the {method} run"))?;
+        println!(
+            "== {method}: {} on {}, {} epochs, {} images, board {}",
+            cmd.model, cmd.dataset, cmd.epochs, cmd.subset, cmd.board.board
+        );
+        let o =
+            run_training(&cfg, &cmd.board, true).with_context(|| format!("the {method} run"))?;
         rows.push(Row::from_run(&o));
         dirs.push(dir);
     }
     print_table(&rows, Some(0));
     let report_dir = out.join("report");
-    let opts = e2t_report::ReportOptions { baseline: Some("baseline".into()), title: Some("e2train demo: INT16 baseline vs SMD+SLU+PSG".into()) };
+    let opts = e2t_report::ReportOptions {
+        baseline: Some("baseline".into()),
+        title: Some("e2train demo: INT16 baseline vs SMD+SLU+PSG".into()),
+    };
     let s = e2t_report::write_report_with(&dirs, &report_dir, &opts)?;
     println!("energy profile: {}", cmd.board.energy_profile);
     println!("runs: {}", out.display());

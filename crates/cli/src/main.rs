@@ -9,7 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use e2t_core::{InputShape, ModelKind};
 use std::path::PathBuf;
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("E2T_GIT_REV"), ")");
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("E2T_GIT_REV"),
+    ")"
+);
 
 /// The git revision this binary was built from.
 pub const GIT_REV: &str = env!("E2T_GIT_REV");
@@ -98,9 +103,16 @@ struct AgentCmd {
 
 fn parse_shape(s: &str) -> Result<InputShape> {
     let parts: Vec<&str> = s.split(['x', 'X']).collect();
-    let dims: Option<Vec<u32>> = parts.iter().map(|p| p.trim().parse::<u32>().ok().filter(|&v| v > 0)).collect();
+    let dims: Option<Vec<u32>> = parts
+        .iter()
+        .map(|p| p.trim().parse::<u32>().ok().filter(|&v| v > 0))
+        .collect();
     match dims.as_deref() {
-        Some([c, h, w]) => Ok(InputShape { channels: *c, height: *h, width: *w }),
+        Some([c, h, w]) => Ok(InputShape {
+            channels: *c,
+            height: *h,
+            width: *w,
+        }),
         _ => bail!("--input '{s}': expected CxHxW with positive integers, e.g. 1x28x28"),
     }
 }
@@ -122,21 +134,34 @@ fn bench(cmd: &BenchCmd) -> Result<()> {
     let model: ModelKind = cmd.model.parse()?;
     let input = parse_shape(&cmd.input)?;
     set_threads(cmd.threads)?;
-    let report = e2t_nn::bench_train_step(model, cmd.batch, input, cmd.warmup, cmd.windows, cmd.iters)?;
+    let report =
+        e2t_nn::bench_train_step(model, cmd.batch, input, cmd.warmup, cmd.windows, cmd.iters)?;
     println!("{}", report.line());
     let json = serde_json::to_string_pretty(&report)?;
     println!("{json}");
     if let Some(p) = &cmd.json {
-        e2t_host::atomic::write_atomic(p, json.as_bytes()).with_context(|| format!("writing {}", p.display()))?;
+        e2t_host::atomic::write_atomic(p, json.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }
 
 fn report(cmd: &ReportCmd) -> Result<()> {
-    let out = cmd.out.clone().unwrap_or_else(|| cmd.dirs[0].join("report"));
-    let opts = e2t_report::ReportOptions { baseline: cmd.baseline.clone(), title: None };
+    let out = cmd
+        .out
+        .clone()
+        .unwrap_or_else(|| cmd.dirs[0].join("report"));
+    let opts = e2t_report::ReportOptions {
+        baseline: cmd.baseline.clone(),
+        title: None,
+    };
     let s = e2t_report::write_report_with(&cmd.dirs, &out, &opts)?;
-    println!("report: {} ({} runs, {} plots)", s.markdown.display(), s.runs, s.plots.len());
+    println!(
+        "report: {} ({} runs, {} plots)",
+        s.markdown.display(),
+        s.runs,
+        s.plots.len()
+    );
     for n in &s.notes {
         println!("note: {n}");
     }
@@ -146,14 +171,31 @@ fn report(cmd: &ReportCmd) -> Result<()> {
 fn agent(cmd: &AgentCmd) -> Result<()> {
     let power: Box<dyn e2t_board::PowerMonitor> = match cmd.power.as_str() {
         "none" => Box::new(e2t_board::NoPower),
-        "hwmon" => Box::new(e2t_board::HwmonUcd9000::discover(std::path::Path::new("/sys/class/hwmon")).context("finding the UCD90120A in /sys/class/hwmon")?),
+        "hwmon" => Box::new(
+            e2t_board::HwmonUcd9000::discover(std::path::Path::new("/sys/class/hwmon"))
+                .context("finding the UCD90120A in /sys/class/hwmon")?,
+        ),
         other => bail!("--power '{other}': expected none or hwmon"),
     };
-    let transport = e2t_link::open_serial(&cmd.port, cmd.baud)
-        .with_context(|| format!("opening serial port {} at {} baud", cmd.port.display(), cmd.baud))?;
+    let transport = e2t_link::open_serial(&cmd.port, cmd.baud).with_context(|| {
+        format!(
+            "opening serial port {} at {} baud",
+            cmd.port.display(),
+            cmd.baud
+        )
+    })?;
     let info = e2t_proto::BoardInfo::simulated(cmd.board_id.clone(), (16, 16));
-    eprintln!("e2train agent {VERSION}: serving on {} at {} baud", cmd.port.display(), cmd.baud);
-    e2t_board::serve(Box::new(transport), &|c| e2t_train::build_engine(c), info, power)?;
+    eprintln!(
+        "e2train agent {VERSION}: serving on {} at {} baud",
+        cmd.port.display(),
+        cmd.baud
+    );
+    e2t_board::serve(
+        Box::new(transport),
+        &|c| e2t_train::build_engine(c),
+        info,
+        power,
+    )?;
     Ok(())
 }
 

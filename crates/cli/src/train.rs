@@ -106,19 +106,31 @@ impl Drop for LinkStatsEngine {
 }
 
 /// Connect to the board named in `args` and configure its engine for `ec`.
-pub fn connect_board(args: &BoardArgs, ec: &EngineConfig, run_dir: &Path) -> Result<Box<dyn StepEngine>> {
+pub fn connect_board(
+    args: &BoardArgs,
+    ec: &EngineConfig,
+    run_dir: &Path,
+) -> Result<Box<dyn StepEngine>> {
     let spec: BoardSpec = args.board.parse()?;
-    let factory: e2t_board::remote::SharedFactory = Arc::new(|c: &EngineConfig| e2t_train::build_engine(c));
+    let factory: e2t_board::remote::SharedFactory =
+        Arc::new(|c: &EngineConfig| e2t_train::build_engine(c));
     let opts = ConnectOptions {
-        remote: RemoteOptions { expected_bitstream_sha256: args.expect_bitstream.clone(), ..RemoteOptions::default() },
+        remote: RemoteOptions {
+            expected_bitstream_sha256: args.expect_bitstream.clone(),
+            ..RemoteOptions::default()
+        },
         sim_factory: Some(factory),
         sim_info: Some(e2t_proto::BoardInfo::simulated("sim", ec.array)),
         agent_command: None,
         emulate_baud: args.emulate_baud,
         faults: None,
     };
-    let remote = e2t_board::connect(&spec, ec, &opts).with_context(|| format!("connecting to board '{spec}'"))?;
-    Ok(Box::new(LinkStatsEngine { inner: remote, path: run_dir.join("link.json") }))
+    let remote = e2t_board::connect(&spec, ec, &opts)
+        .with_context(|| format!("connecting to board '{spec}'"))?;
+    Ok(Box::new(LinkStatsEngine {
+        inner: remote,
+        path: run_dir.join("link.json"),
+    }))
 }
 
 pub fn energy_observer(args: &BoardArgs, epochs: u32, quiet: bool) -> Result<EnergyObserver> {
@@ -127,14 +139,23 @@ pub fn energy_observer(args: &BoardArgs, epochs: u32, quiet: bool) -> Result<Ene
             bail!("--grid-intensity {g}: expected a non-negative number of gCO2e/kWh");
         }
     }
-    let profile = Profile::resolve(&args.energy_profile).with_context(|| format!("--energy-profile {}", args.energy_profile))?;
+    let profile = Profile::resolve(&args.energy_profile)
+        .with_context(|| format!("--energy-profile {}", args.energy_profile))?;
     let measured = args.board.starts_with("serial:");
-    let obs = EnergyObserver::new(EnergyModel::new(profile), args.grid_intensity, measured, epochs)?;
+    let obs = EnergyObserver::new(
+        EnergyModel::new(profile),
+        args.grid_intensity,
+        measured,
+        epochs,
+    )?;
     Ok(if quiet {
         obs
     } else {
         obs.with_prediction_hook(|p| {
-            println!("energy forecast after epoch 1: {:.4} J for the whole run ({})", p.predicted_total_j, p.note);
+            println!(
+                "energy forecast after epoch 1: {:.4} J for the whole run ({})",
+                p.predicted_total_j, p.note
+            );
         })
     })
 }
@@ -142,7 +163,8 @@ pub fn energy_observer(args: &BoardArgs, epochs: u32, quiet: bool) -> Result<Ene
 /// Run one training job end to end.
 pub fn run_training(cfg: &RunConfig, board: &BoardArgs, progress: bool) -> Result<RunOutcome> {
     let (data, ec) = e2t_host::prepare(cfg)?;
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("creating run folder {}", cfg.out.display()))?;
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("creating run folder {}", cfg.out.display()))?;
     let engine = connect_board(board, &ec, &cfg.out)?;
     let energy = energy_observer(board, cfg.epochs, !progress)?;
     let log = energy.log();
@@ -157,7 +179,9 @@ pub fn train(cmd: &TrainCmd) -> Result<RunOutcome> {
     cfg.git_rev = Some(crate::GIT_REV.to_string());
     crate::set_threads(cfg.threads)?;
     let baseline = match &cmd.compare {
-        Some(dir) => Some(e2t_report::read_run(dir).with_context(|| format!("--compare {}", dir.display()))?),
+        Some(dir) => Some(
+            e2t_report::read_run(dir).with_context(|| format!("--compare {}", dir.display()))?,
+        ),
         None => None,
     };
     let out = run_training(&cfg, &cmd.board, !cmd.quiet)?;
@@ -197,7 +221,11 @@ impl Row {
         Row {
             label: format!("{} (compare)", r.method),
             test_acc: r.final_test_acc,
-            epochs: r.epochs.column("epoch").map(|c| c.len() as u32).unwrap_or(0),
+            epochs: r
+                .epochs
+                .column("epoch")
+                .map(|c| c.len() as u32)
+                .unwrap_or(0),
             counters: None,
             energy_per_epoch_j: r.energy_per_epoch_j(),
             energy_total_j: r.energy_total_j(),
@@ -206,7 +234,9 @@ impl Row {
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
-    v.filter(|x| x.is_finite()).map(f).unwrap_or_else(|| "-".into())
+    v.filter(|x| x.is_finite())
+        .map(f)
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Print the end-of-run table; `baseline` is the index of the row savings are measured against.
@@ -214,9 +244,19 @@ pub fn print_table(rows: &[Row], baseline: Option<usize>) {
     println!();
     println!(
         "{:<22} {:>7} {:>6} {:>14} {:>14} {:>14} {:>13} {:>12} {:>9}",
-        "method", "top-1", "epochs", "MACs int16", "MACs int8", "cycles", "energy/epoch", "energy", "saving"
+        "method",
+        "top-1",
+        "epochs",
+        "MACs int16",
+        "MACs int8",
+        "cycles",
+        "energy/epoch",
+        "energy",
+        "saving"
     );
-    let base = baseline.and_then(|i| rows.get(i)).and_then(|r| r.energy_total_j);
+    let base = baseline
+        .and_then(|i| rows.get(i))
+        .and_then(|r| r.energy_total_j);
     for r in rows {
         let c = r.counters;
         let saving = match (base, r.energy_total_j) {
@@ -228,9 +268,12 @@ pub fn print_table(rows: &[Row], baseline: Option<usize>) {
             r.label,
             100.0 * r.test_acc,
             r.epochs,
-            c.map(|c| c.macs_int16.to_string()).unwrap_or_else(|| "-".into()),
-            c.map(|c| c.macs_int8.to_string()).unwrap_or_else(|| "-".into()),
-            c.map(|c| c.total_cycles.to_string()).unwrap_or_else(|| "-".into()),
+            c.map(|c| c.macs_int16.to_string())
+                .unwrap_or_else(|| "-".into()),
+            c.map(|c| c.macs_int8.to_string())
+                .unwrap_or_else(|| "-".into()),
+            c.map(|c| c.total_cycles.to_string())
+                .unwrap_or_else(|| "-".into()),
             opt(r.energy_per_epoch_j, |e| format!("{e:.4} J")),
             opt(r.energy_total_j, |e| format!("{e:.4} J")),
             saving
@@ -297,7 +340,12 @@ fn sweep_spec(cmd: &SweepCmd) -> Result<e2t_report::SweepSpec> {
 }
 
 fn board_flags(b: &BoardArgs) -> Vec<String> {
-    let mut a = vec!["--board".into(), b.board.clone(), "--energy-profile".into(), b.energy_profile.clone()];
+    let mut a = vec![
+        "--board".into(),
+        b.board.clone(),
+        "--energy-profile".into(),
+        b.energy_profile.clone(),
+    ];
     if let Some(s) = &b.expect_bitstream {
         a.extend(["--expect-bitstream".into(), s.clone()]);
     }
@@ -318,10 +366,16 @@ pub fn sweep(cmd: &SweepCmd) -> Result<()> {
         argv.extend(r.args(&cmd.out.join(&r.dir_name)));
         argv.extend(board_flags(&cmd.board));
         let parsed = crate::Cli::try_parse_from(&argv).map_err(|e| {
-            anyhow::anyhow!("sweep run {}: {}", r.dir_name, e.to_string().lines().next().unwrap_or_default())
+            anyhow::anyhow!(
+                "sweep run {}: {}",
+                r.dir_name,
+                e.to_string().lines().next().unwrap_or_default()
+            )
         })?;
         if let crate::Cmd::Train(t) = parsed.cmd {
-            t.train.resolve().with_context(|| format!("sweep run {}", r.dir_name))?;
+            t.train
+                .resolve()
+                .with_context(|| format!("sweep run {}", r.dir_name))?;
         }
     }
     let plan = e2t_report::Plan::new(&cmd.out, &spec)?;
@@ -355,7 +409,9 @@ pub fn sweep(cmd: &SweepCmd) -> Result<()> {
             children.push((r.spec.dir_name.clone(), child));
         }
         for (name, mut child) in children {
-            let status = child.wait().with_context(|| format!("waiting for run {name}"))?;
+            let status = child
+                .wait()
+                .with_context(|| format!("waiting for run {name}"))?;
             if status.success() {
                 println!("sweep: finished {name}");
             } else {
@@ -365,9 +421,17 @@ pub fn sweep(cmd: &SweepCmd) -> Result<()> {
         }
     }
     let tables = e2t_report::write_sweep_tables(&cmd.out, &spec)?;
-    println!("sweep tables: {} and {}", tables.sweep_csv.display(), tables.summary_csv.display());
+    println!(
+        "sweep tables: {} and {}",
+        tables.sweep_csv.display(),
+        tables.summary_csv.display()
+    );
     if !failed.is_empty() {
-        bail!("{} run(s) failed: {} (run the sweep again to retry them)", failed.len(), failed.join(", "));
+        bail!(
+            "{} run(s) failed: {} (run the sweep again to retry them)",
+            failed.len(),
+            failed.join(", ")
+        );
     }
     Ok(())
 }

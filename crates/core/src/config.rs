@@ -32,7 +32,11 @@ pub enum ModelKind {
 impl ModelKind {
     /// Blocks per stage for a CIFAR ResNet (depth = 6n + 2).
     pub fn resnet_blocks_per_stage(depth: u32) -> Option<u32> {
-        if depth >= 8 && (depth - 2) % 6 == 0 { Some((depth - 2) / 6) } else { None }
+        if depth >= 8 && (depth - 2) % 6 == 0 {
+            Some((depth - 2) / 6)
+        } else {
+            None
+        }
     }
 }
 
@@ -46,7 +50,9 @@ impl fmt::Display for ModelKind {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown model '{0}': expected resnetN with N = 6n+2 (resnet8, resnet20, resnet32, ..., resnet110) or mobilenetv2")]
+#[error(
+    "unknown model '{0}': expected resnetN with N = 6n+2 (resnet8, resnet20, resnet32, ..., resnet110) or mobilenetv2"
+)]
 pub struct ParseModelError(pub String);
 
 impl FromStr for ModelKind {
@@ -135,10 +141,18 @@ impl MethodConfig {
         }
     }
     pub fn baseline() -> Self {
-        MethodConfig { precision: Precision::Accel, ..Self::fp32() }
+        MethodConfig {
+            precision: Precision::Accel,
+            ..Self::fp32()
+        }
     }
     pub fn e2train() -> Self {
-        MethodConfig { smd: true, slu: true, psg: true, ..Self::baseline() }
+        MethodConfig {
+            smd: true,
+            slu: true,
+            psg: true,
+            ..Self::baseline()
+        }
     }
     /// Short name used in run folders, CSVs and reports, e.g. `smd+slu+psg`.
     pub fn label(&self) -> String {
@@ -185,9 +199,18 @@ mod tests {
 
     #[test]
     fn model_names_parse() {
-        assert_eq!("resnet8".parse::<ModelKind>(), Ok(ModelKind::ResNet { depth: 8 }));
-        assert_eq!("ResNet-110".parse::<ModelKind>(), Ok(ModelKind::ResNet { depth: 110 }));
-        assert_eq!("mobilenet_v2".parse::<ModelKind>(), Ok(ModelKind::MobileNetV2));
+        assert_eq!(
+            "resnet8".parse::<ModelKind>(),
+            Ok(ModelKind::ResNet { depth: 8 })
+        );
+        assert_eq!(
+            "ResNet-110".parse::<ModelKind>(),
+            Ok(ModelKind::ResNet { depth: 110 })
+        );
+        assert_eq!(
+            "mobilenet_v2".parse::<ModelKind>(),
+            Ok(ModelKind::MobileNetV2)
+        );
         assert!("resnet9".parse::<ModelKind>().is_err());
         assert!("vgg".parse::<ModelKind>().is_err());
     }

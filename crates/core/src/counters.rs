@@ -49,7 +49,9 @@ impl Counters {
             bytes_out: self.bytes_out.wrapping_sub(earlier.bytes_out),
             psg_predicted: self.psg_predicted.wrapping_sub(earlier.psg_predicted),
             psg_uncertain: self.psg_uncertain.wrapping_sub(earlier.psg_uncertain),
-            psg_recomputed_tiles: self.psg_recomputed_tiles.wrapping_sub(earlier.psg_recomputed_tiles),
+            psg_recomputed_tiles: self
+                .psg_recomputed_tiles
+                .wrapping_sub(earlier.psg_recomputed_tiles),
             gemms: self.gemms.wrapping_sub(earlier.gemms),
         }
     }
@@ -66,7 +68,9 @@ impl Counters {
         self.bytes_out = self.bytes_out.saturating_add(d.bytes_out);
         self.psg_predicted = self.psg_predicted.saturating_add(d.psg_predicted);
         self.psg_uncertain = self.psg_uncertain.saturating_add(d.psg_uncertain);
-        self.psg_recomputed_tiles = self.psg_recomputed_tiles.saturating_add(d.psg_recomputed_tiles);
+        self.psg_recomputed_tiles = self
+            .psg_recomputed_tiles
+            .saturating_add(d.psg_recomputed_tiles);
         self.gemms = self.gemms.saturating_add(d.gemms);
     }
 
@@ -100,8 +104,18 @@ mod tests {
 
     #[test]
     fn delta_then_accumulate_round_trips() {
-        let a = Counters { total_cycles: 10, macs_int8: 4, gemms: 1, ..Default::default() };
-        let b = Counters { total_cycles: 25, macs_int8: 9, gemms: 3, ..Default::default() };
+        let a = Counters {
+            total_cycles: 10,
+            macs_int8: 4,
+            gemms: 1,
+            ..Default::default()
+        };
+        let b = Counters {
+            total_cycles: 25,
+            macs_int8: 9,
+            gemms: 3,
+            ..Default::default()
+        };
         let d = b.delta_since(&a);
         assert_eq!(d.total_cycles, 15);
         assert_eq!(d.macs_int8, 5);
@@ -112,8 +126,14 @@ mod tests {
 
     #[test]
     fn delta_wraps_like_hardware() {
-        let a = Counters { total_cycles: u64::MAX, ..Default::default() };
-        let b = Counters { total_cycles: 4, ..Default::default() };
+        let a = Counters {
+            total_cycles: u64::MAX,
+            ..Default::default()
+        };
+        let b = Counters {
+            total_cycles: 4,
+            ..Default::default()
+        };
         assert_eq!(b.delta_since(&a).total_cycles, 5);
     }
 }

@@ -8,9 +8,14 @@ pub mod config;
 pub mod counters;
 pub mod step;
 
-pub use config::{EngineConfig, InputShape, MethodConfig, ModelKind, Precision, PsgThreshold, TrainOnly};
+pub use config::{
+    EngineConfig, InputShape, MethodConfig, ModelKind, Precision, PsgThreshold, TrainOnly,
+};
 pub use counters::Counters;
-pub use step::{Batch, EngineError, EvalResult, LayerPsgStats, PowerSample, Rail, StepDiag, StepEngine, StepResult};
+pub use step::{
+    Batch, EngineError, EvalResult, LayerPsgStats, PowerSample, Rail, StepDiag, StepEngine,
+    StepResult,
+};
 
 use serde::{Deserialize, Serialize};
 

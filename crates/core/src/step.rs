@@ -35,7 +35,13 @@ pub enum Rail {
 }
 
 impl Rail {
-    pub const ALL: [Rail; 5] = [Rail::VccInt, Rail::VccAux, Rail::Vcc1v5, Rail::Vadj, Rail::Vcc3v3];
+    pub const ALL: [Rail; 5] = [
+        Rail::VccInt,
+        Rail::VccAux,
+        Rail::Vcc1v5,
+        Rail::Vadj,
+        Rail::Vcc3v3,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Rail::VccInt => "VCCINT",
@@ -104,10 +110,18 @@ impl EvalResult {
         self.samples += o.samples;
     }
     pub fn accuracy(&self) -> f64 {
-        if self.samples == 0 { 0.0 } else { self.correct as f64 / self.samples as f64 }
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.correct as f64 / self.samples as f64
+        }
     }
     pub fn mean_loss(&self) -> f64 {
-        if self.samples == 0 { 0.0 } else { self.loss_sum / self.samples as f64 }
+        if self.samples == 0 {
+            0.0
+        } else {
+            self.loss_sum / self.samples as f64
+        }
     }
 }
 

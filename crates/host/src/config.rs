@@ -510,7 +510,7 @@ impl Settings {
         }
         if let Some(f) = self.psg_lr_scale {
             let f = finite("psg_lr_scale", f)?;
-            if !(f > 0.0) {
+            if f <= 0.0 {
                 return Err(bad("psg_lr_scale", format!("{f} must be positive")));
             }
             method.psg_lr_scale = f as f32;

@@ -440,7 +440,11 @@ impl StepEngine for E2TrainEngine {
             )));
         }
         let (lr, m, wd) = (batch.lr, self.cfg.momentum, self.cfg.weight_decay);
-        let sign_lr = if self.cfg.method.psg { lr * self.cfg.method.psg_lr_scale } else { lr };
+        let sign_lr = if self.cfg.method.psg {
+            lr * self.cfg.method.psg_lr_scale
+        } else {
+            lr
+        };
         self.net.visit_params(&mut |p: &mut Param| {
             if p.trainable {
                 p.sgd_step(if p.conv_weight { sign_lr } else { lr }, m, wd);
@@ -482,7 +486,11 @@ impl StepEngine for E2TrainEngine {
             return Ok(());
         }
         let (m, wd) = (self.cfg.momentum, self.cfg.weight_decay);
-        let sign_lr = if self.cfg.method.psg { lr * self.cfg.method.psg_lr_scale } else { lr };
+        let sign_lr = if self.cfg.method.psg {
+            lr * self.cfg.method.psg_lr_scale
+        } else {
+            lr
+        };
         self.net.visit_params(&mut |p| {
             if p.trainable {
                 p.zero_grad();
