@@ -32,7 +32,7 @@ module e2t_engine #(
   // status
   output logic                                      busy_o,
   output logic                                      draining_o,
-  output logic                                      done_o,      // pulse: a command completed
+  output logic                                      done_o,      // pulse in S_DONE: a command completed
   output logic                                      err_o,       // pulse: err_code_o is valid
   output logic [e2t_pkg::STATUS_ERR_CODE_W-1:0]     err_code_o,
   input  logic                                      maxp_clear_i,
@@ -324,6 +324,31 @@ module e2t_engine #(
     for (int unsigned i = 0; i < e2t_pkg::NUM_COUNTERS; i++) cnt_inc_o[i*INC_W +: INC_W] = inc[i];
   end
 
+  // ---- end-of-command events ----
+  // Combinational, so the CSR latches DONE / ERROR on the same edge that drops BUSY (a host polling
+  // "until not busy" always sees the outcome), and the FIFO flush of an abort lands on the edge that
+  // enters DRAIN (so DRAIN never sees the flushed commands as a newly pushed one).
+  logic last_word, abort_early, abort_missing;
+  assign last_word     = last_chunk && lane_q == lanes_m1 && word_q == BA'(words - KW'(1));
+  assign abort_early   = (state_q == S_LOAD) && in_fire && s_tlast_i && !last_word;
+  assign abort_missing = (state_q == S_LOAD) && in_fire && !s_tlast_i && last_word;
+  always_comb begin
+    done_o      = (state_q == S_DONE);
+    cmd_flush_o = abort_early || abort_missing;
+    err_o       = 1'b0;
+    err_code_o  = 8'(e2t_pkg::ERR_NONE);
+    if (state_q == S_START && start_err != 8'(e2t_pkg::ERR_NONE)) begin
+      err_o      = 1'b1;
+      err_code_o = start_err;
+    end else if (abort_early) begin
+      err_o      = 1'b1;
+      err_code_o = 8'(e2t_pkg::ERR_EARLY_TLAST);
+    end else if (abort_missing) begin
+      err_o      = 1'b1;
+      err_code_o = 8'(e2t_pkg::ERR_MISSING_TLAST);
+    end
+  end
+
   // ---- status outputs ----
   assign busy_o     = (state_q != S_IDLE) && (state_q != S_DRAIN);
   assign draining_o = (state_q == S_DRAIN);
@@ -348,15 +373,8 @@ module e2t_engine #(
       beat_q     <= '0;
       unc_q      <= '0;
       tmax_q     <= '0;
-      done_o     <= 1'b0;
-      err_o      <= 1'b0;
-      err_code_o <= '0;
-      cmd_flush_o <= 1'b0;
       for (int unsigned j = 0; j < C; j++) rowd_q[j] <= '0;
     end else begin
-      done_o      <= 1'b0;
-      err_o       <= 1'b0;
-      cmd_flush_o <= 1'b0;
       unique case (state_q)
         S_IDLE: begin
           if (cmd_valid_i) begin
@@ -366,9 +384,7 @@ module e2t_engine #(
         end
         S_START: begin
           if (start_err != 8'(e2t_pkg::ERR_NONE)) begin
-            err_o      <= 1'b1;
-            err_code_o <= start_err;
-            state_q    <= S_IDLE;
+            state_q <= S_IDLE;             // err_o / err_code_o: see end-of-command events
           end else begin
             m0_q    <= '0;
             n0_q    <= '0;
@@ -381,17 +397,8 @@ module e2t_engine #(
         end
         S_LOAD: begin
           if (in_fire) begin
-            if (s_tlast_i && !(last_chunk && lane_q == lanes_m1 && word_q == BA'(words - KW'(1)))) begin
-              err_o       <= 1'b1;
-              err_code_o  <= 8'(e2t_pkg::ERR_EARLY_TLAST);
-              cmd_flush_o <= 1'b1;
-              state_q     <= S_DRAIN;
-            end else if (!s_tlast_i && last_chunk && lane_q == lanes_m1 &&
-                         word_q == BA'(words - KW'(1))) begin
-              err_o       <= 1'b1;
-              err_code_o  <= 8'(e2t_pkg::ERR_MISSING_TLAST);
-              cmd_flush_o <= 1'b1;
-              state_q     <= S_DRAIN;
+            if (abort_early || abort_missing) begin
+              state_q <= S_DRAIN;          // err_o and the FIFO flush: see end-of-command events
             end else if (word_q == BA'(words - KW'(1))) begin
               word_q <= '0;
               if (lane_q == lanes_m1) begin
@@ -492,7 +499,6 @@ module e2t_engine #(
           end
         end
         S_DONE: begin
-          done_o  <= 1'b1;
           state_q <= S_IDLE;
         end
         S_DRAIN: begin
