@@ -120,7 +120,7 @@ pub struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psg: Option<bool>,
-    /// PSG threshold: abs:<value> (absolute) or rel:<c> (c x max|P| of the layer) [default: rel:0.05]
+    /// PSG threshold: abs:<value> (absolute) or rel:<c> (c x max|P| of the layer) [default: rel:0.001]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psg_threshold: Option<String>,
