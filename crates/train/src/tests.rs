@@ -819,8 +819,14 @@ fn counters_count_exactly_the_work_done_and_psg_updates_are_momentum_on_signs() 
             .find(|(n, _)| *n == p.name)
             .expect("same params")
             .1;
-        // First step, zero momentum: w1 = w0 - lr (g + wd w0)  =>  g = (w0 - w1)/lr - wd w0.
-        let g = (w0 - &p.value) / lr - w0 * wd;
+        // First step, zero momentum: w1 = w0 - lr' (g + wd w0)  =>  g = (w0 - w1)/lr' - wd w0,
+        // where sign-updated (conv) weights use lr' = lr x psg_lr_scale.
+        let lr_p = if p.conv_weight {
+            lr * cfg.method.psg_lr_scale
+        } else {
+            lr
+        };
+        let g = (w0 - &p.value) / lr_p - w0 * wd;
         if p.conv_weight {
             assert!(
                 g.iter()
