@@ -22,6 +22,32 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+
+    /// The checks every engine makes before a step: not empty, a sequence number after the last
+    /// one applied (a batch is never applied twice), and a finite, non-negative learning rate.
+    pub fn check_step(&self, last_seq: Option<u64>) -> Result<(), EngineError> {
+        let bad = |reason: String| EngineError::Batch {
+            seq: self.seq,
+            reason,
+        };
+        if self.is_empty() {
+            return Err(bad("empty batch".into()));
+        }
+        if let Some(last) = last_seq {
+            if self.seq <= last {
+                return Err(bad(format!(
+                    "sequence number not after the last applied one ({last})"
+                )));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return Err(bad(format!(
+                "learning rate must be finite and >= 0, got {}",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A supply rail of the ZC706 measured by the UCD90120A.

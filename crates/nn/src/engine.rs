@@ -237,22 +237,7 @@ impl StepEngine for Fp32Engine {
             seq: batch.seq,
             reason,
         };
-        if batch.is_empty() {
-            return Err(bad("empty batch".into()));
-        }
-        if let Some(last) = self.last_seq {
-            if batch.seq <= last {
-                return Err(bad(format!(
-                    "sequence number not after the last applied one ({last})"
-                )));
-            }
-        }
-        if !(batch.lr.is_finite() && batch.lr >= 0.0) {
-            return Err(bad(format!(
-                "learning rate must be finite and >= 0, got {}",
-                batch.lr
-            )));
-        }
+        batch.check_step(self.last_seq)?;
         self.check_samples(&batch.images, &batch.labels)
             .map_err(bad)?;
         let n = batch.len();
