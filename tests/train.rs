@@ -584,3 +584,42 @@ fn report_plots_psg_uncertain_share_of_an_e2train_run() {
     assert!(!stdout.contains("skipped"), "{stdout}");
     assert!(out.join("psg_uncertain_share.svg").is_file(), "{stdout}");
 }
+
+/// `--init` takes another run's weights whatever its method: fine-tuning the classifier only, or a
+/// full E2-Train run, from the baseline fixture. Training the classifier alone from random features
+/// with the same seed gives other numbers, so the weights really arrived. Another model is refused.
+#[test]
+fn init_starts_any_method_from_another_runs_weights() {
+    let base = fixture("baseline");
+    let b = base.to_str().unwrap();
+    let last = scratch().join("init-last");
+    train(
+        &last,
+        &recipe_with(&["--method", "baseline", "--train-only", "last", "--init", b]),
+    );
+    let scratch_last = scratch().join("scratch-last");
+    train(
+        &scratch_last,
+        &recipe_with(&["--method", "baseline", "--train-only", "last"]),
+    );
+    let loss = |d: &Path| read_csv(&d.join("epochs.csv")).1[0][2].clone();
+    assert_ne!(loss(&last), loss(&scratch_last), "--init had no effect");
+
+    let e2 = scratch().join("init-e2train");
+    train(&e2, &recipe_with(&["--method", "e2train", "--init", b]));
+    assert!(e2.join("summary.json").exists());
+
+    let mut args = vec!["train", "--quiet", "--data", FASHION, "--out"];
+    let other = scratch().join("init-other-model");
+    args.push(other.to_str().unwrap());
+    let mut r = recipe_with(&["--method", "baseline", "--init", b]);
+    r[1] = "resnet20";
+    args.extend_from_slice(&r);
+    let err = run_err(&args);
+    assert!(
+        err.contains("resnet8")
+            && err.contains("resnet20")
+            && !err.contains("checkpoint: checkpoint: "),
+        "{err}"
+    );
+}

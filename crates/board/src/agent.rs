@@ -9,8 +9,10 @@ use e2t_proto::{BoardInfo, ErrorCode, MAGIC, Msg, PROTOCOL_VERSION, decode_msg, 
 
 use crate::power::PowerMonitor;
 
-/// Builds an engine from the host's configuration (the CLI passes `e2t_train::build_engine`).
-pub type EngineFactory<'a> = &'a dyn Fn(&EngineConfig) -> Result<Box<dyn StepEngine>, EngineError>;
+/// Builds an engine from the host's configuration, optionally starting from the weights of another
+/// run's checkpoint (`--init`); the CLI passes `e2t_train::build_engine` / `build_engine_with_init`.
+pub type EngineFactory<'a> =
+    &'a dyn Fn(&EngineConfig, Option<&[u8]>) -> Result<Box<dyn StepEngine>, EngineError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -45,6 +47,7 @@ struct Session<'a> {
     last: Option<StepResult>,
     ckpt_out: Option<Vec<u8>>,
     ckpt_in: Vec<u8>,
+    weights_in: Vec<u8>,
 }
 
 impl Session<'_> {
@@ -63,17 +66,18 @@ impl Session<'_> {
                 self.last = None;
                 self.ckpt_out = None;
                 self.ckpt_in.clear();
+                self.weights_in.clear();
                 Msg::HelloAck(self.info.clone())
             }
             Msg::Configure(cfg) => {
                 self.engine = None;
                 self.last = None;
-                match (self.factory)(&cfg) {
+                match (self.factory)(&cfg, None) {
                     Ok(e) => {
                         self.engine = Some(e);
                         Msg::Ack
                     }
-                    Err(e) => err(engine_code(&e), e.to_string()),
+                    Err(e) => err(engine_code(&e), e.detail()),
                 }
             }
             Msg::Reset => {
@@ -103,23 +107,23 @@ impl Session<'_> {
                         self.last = Some(r.clone());
                         Msg::StepDone(r)
                     }
-                    Err(e) => err(engine_code(&e), e.to_string()),
+                    Err(e) => err(engine_code(&e), e.detail()),
                 }
             }
             Msg::Skip { lr } => match engine.skip_step(lr) {
                 Ok(()) => Msg::Ack,
-                Err(e) => err(engine_code(&e), e.to_string()),
+                Err(e) => err(engine_code(&e), e.detail()),
             },
             Msg::Evaluate { images, labels } => match engine.evaluate(&images, &labels) {
                 Ok(r) => Msg::EvalDone(r),
-                Err(e) => err(engine_code(&e), e.to_string()),
+                Err(e) => err(engine_code(&e), e.detail()),
             },
             Msg::ReadCounters => Msg::CountersAre(engine.counters()),
             Msg::GetCheckpoint { offset } => {
                 if offset == 0 {
                     match engine.checkpoint() {
                         Ok(b) => self.ckpt_out = Some(b),
-                        Err(e) => return err(engine_code(&e), e.to_string()),
+                        Err(e) => return err(engine_code(&e), e.detail()),
                     }
                 }
                 let Some(b) = self.ckpt_out.as_ref() else {
@@ -152,31 +156,38 @@ impl Session<'_> {
                 total,
                 data,
             } => {
-                if offset != self.ckpt_in.len() as u64 {
-                    let have = self.ckpt_in.len();
-                    self.ckpt_in.clear();
-                    return err(
-                        ErrorCode::Unexpected,
-                        format!("checkpoint chunk at {offset}, expected {have}"),
-                    );
+                let bytes = match take_chunk(&mut self.ckpt_in, offset, total, &data) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return Msg::Ack,
+                    Err((code, text)) => return err(code, text),
+                };
+                self.last = None;
+                match engine.restore(&bytes) {
+                    Ok(()) => Msg::Ack,
+                    Err(e) => err(engine_code(&e), e.detail()),
                 }
-                if total > e2t_proto::MAX_MESSAGE as u64 * 64 || offset + data.len() as u64 > total
-                {
-                    self.ckpt_in.clear();
-                    return err(
-                        ErrorCode::Checkpoint,
-                        format!("checkpoint chunk exceeds its total of {total} bytes"),
-                    );
-                }
-                self.ckpt_in.extend_from_slice(&data);
-                if self.ckpt_in.len() as u64 == total {
-                    let bytes = std::mem::take(&mut self.ckpt_in);
-                    self.last = None;
-                    if let Err(e) = engine.restore(&bytes) {
-                        return err(engine_code(&e), e.to_string());
+            }
+            Msg::PutWeights {
+                offset,
+                total,
+                data,
+            } => {
+                let bytes = match take_chunk(&mut self.weights_in, offset, total, &data) {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return Msg::Ack,
+                    Err((code, text)) => return err(code, text),
+                };
+                // A fresh engine of the same configuration, started from those weights: the
+                // optimizer, RNG and counters begin anew, as `--init` promises.
+                let cfg = engine.config().clone();
+                self.last = None;
+                match (self.factory)(&cfg, Some(&bytes)) {
+                    Ok(e) => {
+                        self.engine = Some(e);
+                        Msg::Ack
                     }
+                    Err(e) => err(engine_code(&e), e.detail()),
                 }
-                Msg::Ack
             }
             other => err(
                 ErrorCode::Unexpected,
@@ -184,6 +195,33 @@ impl Session<'_> {
             ),
         }
     }
+}
+
+/// Appends one upload chunk to `buf`; returns the whole upload when this chunk completes `total`.
+/// A chunk out of order or past its total discards the partial upload and gives the error to answer.
+fn take_chunk(
+    buf: &mut Vec<u8>,
+    offset: u64,
+    total: u64,
+    data: &[u8],
+) -> Result<Option<Vec<u8>>, (ErrorCode, String)> {
+    if offset != buf.len() as u64 {
+        let have = buf.len();
+        buf.clear();
+        return Err((
+            ErrorCode::Unexpected,
+            format!("checkpoint chunk at {offset}, expected {have}"),
+        ));
+    }
+    if total > e2t_proto::MAX_MESSAGE as u64 * 64 || offset + data.len() as u64 > total {
+        buf.clear();
+        return Err((
+            ErrorCode::Checkpoint,
+            format!("checkpoint chunk exceeds its total of {total} bytes"),
+        ));
+    }
+    buf.extend_from_slice(data);
+    Ok((buf.len() as u64 == total).then(|| std::mem::take(buf)))
 }
 
 /// Serve the protocol on `transport` until it closes. Each host session starts with `Hello`; the
@@ -217,6 +255,7 @@ pub fn serve_link(
         last: None,
         ckpt_out: None,
         ckpt_in: Vec::new(),
+        weights_in: Vec::new(),
     };
     loop {
         let r = match link.recv(Duration::from_millis(200)) {

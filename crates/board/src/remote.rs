@@ -402,16 +402,32 @@ impl Inner {
     }
 
     fn put_checkpoint(&mut self, bytes: &[u8]) -> Result<(), RemoteError> {
+        self.upload(bytes, false)
+    }
+
+    /// Uploads `bytes` in chunks as `PutCheckpoint` (full restore) or `PutWeights` (`--init`).
+    fn upload(&mut self, bytes: &[u8], weights_only: bool) -> Result<(), RemoteError> {
         let total = bytes.len() as u64;
         let mut off = 0;
         loop {
             let end = (off + CHUNK).min(bytes.len());
-            let m = Msg::PutCheckpoint {
-                offset: off as u64,
-                total,
-                data: bytes[off..end].to_vec(),
+            let (offset, data) = (off as u64, bytes[off..end].to_vec());
+            let (m, name) = if weights_only {
+                let m = Msg::PutWeights {
+                    offset,
+                    total,
+                    data,
+                };
+                (m, "PutWeights")
+            } else {
+                let m = Msg::PutCheckpoint {
+                    offset,
+                    total,
+                    data,
+                };
+                (m, "PutCheckpoint")
             };
-            self.expect_ack(m, "PutCheckpoint")?;
+            self.expect_ack(m, name)?;
             off = end;
             if off >= bytes.len() {
                 return Ok(());
@@ -663,11 +679,34 @@ impl StepEngine for RemoteEngine {
         g.log.clear();
         Ok(())
     }
+
+    fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        let mut r = Err(RemoteError::Link(LinkError::Closed));
+        for _ in 0..=g.opts.max_reconnects {
+            if g.link.is_none() {
+                if let Err(e) = g.open(1) {
+                    r = Err(e);
+                    continue;
+                }
+            }
+            r = g.upload(checkpoint, true);
+            match &r {
+                Err(e) if e.is_link() => g.close_link(),
+                _ => break,
+            }
+        }
+        r.map_err(RemoteError::into_engine)?;
+        // Recovery replays from a full-state base: take the fresh engine's own checkpoint.
+        g.refresh_checkpoint().map_err(RemoteError::into_engine)?;
+        Ok(())
+    }
 }
 
 /// Engine factory for the `sim` board's in-process agent.
-pub type SharedFactory =
-    Arc<dyn Fn(&EngineConfig) -> Result<Box<dyn StepEngine>, EngineError> + Send + Sync>;
+pub type SharedFactory = Arc<
+    dyn Fn(&EngineConfig, Option<&[u8]>) -> Result<Box<dyn StepEngine>, EngineError> + Send + Sync,
+>;
 
 /// How to reach each kind of board.
 #[derive(Clone, Default)]
@@ -734,7 +773,7 @@ pub fn transport_factory(
                         // Ends when the host drops its end of the pipe.
                         let _ = serve(
                             Box::new(agent),
-                            &|c: &EngineConfig| f(c),
+                            &|c: &EngineConfig, init: Option<&[u8]>| f(c, init),
                             i,
                             Box::new(NoPower),
                         );

@@ -208,6 +208,30 @@ impl StepEngine for ToyEngine {
         }
         Ok(())
     }
+
+    fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
+        // Read the whole checkpoint into a scratch engine, keep only its weights.
+        let mut other = ToyEngine::new(&self.cfg)?;
+        other.restore(checkpoint)?;
+        self.w = other.w;
+        self.v.iter_mut().for_each(|v| *v = 0.0);
+        self.steps = 0;
+        self.counters = Counters::default();
+        Ok(())
+    }
+}
+
+/// The engine factory of the test agent and the link tests: a [`ToyEngine`], optionally started
+/// from another toy run's weights.
+pub fn toy_factory(
+    cfg: &EngineConfig,
+    init: Option<&[u8]>,
+) -> Result<Box<dyn StepEngine>, EngineError> {
+    let mut e = ToyEngine::new(cfg)?;
+    if let Some(b) = init {
+        e.load_weights(b)?;
+    }
+    Ok(Box::new(e))
 }
 
 /// A small configuration for tests: 1x8x8 inputs, 4 classes.

@@ -13,7 +13,7 @@ use e2t_link::{LinkConfig, Transport};
 use e2t_proto::BoardInfo;
 
 fn toy_factory() -> SharedFactory {
-    Arc::new(|c| Ok(Box::new(ToyEngine::new(c)?) as Box<dyn StepEngine>))
+    Arc::new(e2t_board::toy::toy_factory)
 }
 
 fn opts() -> ConnectOptions {
@@ -73,7 +73,7 @@ fn board_with_another_protocol_version_is_refused() {
         .unwrap();
     let t = e.to_string();
     assert!(
-        t.contains("99") && t.contains("version 99") && t.contains("speaks 1"),
+        t.contains("99") && t.contains("version 99") && t.contains("speaks 2"),
         "{t}"
     );
 }
@@ -172,4 +172,30 @@ fn unreachable_board_is_a_clear_error() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("no such board"), "{e}");
+}
+
+#[test]
+fn load_weights_takes_the_weights_and_starts_fresh() {
+    let batches = common::batches(10);
+    let mut src = ToyEngine::new(&common::config()).unwrap();
+    let trained = common::run(&mut src, &batches);
+    let mut remote = connect(&BoardSpec::Sim, &common::config(), &opts()).unwrap();
+    remote.load_weights(&trained.checkpoint).unwrap();
+    // Fresh optimizer and counters, the source's weights: the same evaluation as the source.
+    assert_eq!(remote.counters(), e2t_core::Counters::default());
+    let images: Vec<u8> = batches.iter().flat_map(|b| b.images.clone()).collect();
+    let labels: Vec<u8> = batches.iter().flat_map(|b| b.labels.clone()).collect();
+    let (a, b) = (
+        remote.evaluate(&images, &labels).unwrap(),
+        src.evaluate(&images, &labels).unwrap(),
+    );
+    assert_eq!(
+        (a.loss_sum.to_bits(), a.correct),
+        (b.loss_sum.to_bits(), b.correct)
+    );
+    assert_ne!(remote.checkpoint().unwrap(), trained.checkpoint);
+    // Bytes that are no checkpoint of this engine are refused with the engine's reason.
+    let e = remote.load_weights(&[1, 2, 3]).unwrap_err().to_string();
+    assert!(e.contains("toy checkpoint is 3 bytes"), "{e}");
+    assert!(!e.contains("checkpoint: checkpoint"), "{e}");
 }

@@ -190,12 +190,7 @@ fn agent(cmd: &AgentCmd) -> Result<()> {
         cmd.port.display(),
         cmd.baud
     );
-    e2t_board::serve(
-        Box::new(transport),
-        &|c| e2t_train::build_engine(c),
-        info,
-        power,
-    )?;
+    e2t_board::serve(Box::new(transport), &train::engine_factory, info, power)?;
     Ok(())
 }
 
@@ -210,7 +205,39 @@ fn main() {
         Cmd::Agent(c) => agent(c),
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text the message already
+/// holds (many library errors print their `source` inline, and anyhow's `{:#}` would repeat it).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[test]
+    fn error_chain_skips_causes_already_in_the_message() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("/x.toml: No such file");
+        assert_eq!(error_chain(&e), "/x.toml: No such file");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io).context("reading /x.toml");
+        assert_eq!(error_chain(&e), "reading /x.toml: No such file");
     }
 }

@@ -27,7 +27,7 @@ pub struct BoardArgs {
     #[arg(long, default_value = "asic45", value_name = "NAME|FILE")]
     pub energy_profile: String,
     /// Grid carbon intensity in gCO2e/kWh, to report CO2-equivalent (never fetched)
-    #[arg(long, value_name = "G_PER_KWH")]
+    #[arg(long, value_name = "G_PER_KWH", allow_negative_numbers = true)]
     pub grid_intensity: Option<f64>,
 }
 
@@ -97,6 +97,21 @@ impl StepEngine for LinkStatsEngine {
     fn restore(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
         self.inner.restore(bytes)
     }
+    fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
+        self.inner.load_weights(checkpoint)
+    }
+}
+
+/// What every agent (in-process `sim`, `e2train agent` on a board) builds: the engine the
+/// configuration asks for, from another run's weights with `--init`.
+pub fn engine_factory(
+    cfg: &EngineConfig,
+    init: Option<&[u8]>,
+) -> Result<Box<dyn StepEngine>, EngineError> {
+    match init {
+        None => e2t_train::build_engine(cfg),
+        Some(b) => e2t_train::build_engine_with_init(cfg, b),
+    }
 }
 
 impl Drop for LinkStatsEngine {
@@ -112,8 +127,7 @@ pub fn connect_board(
     run_dir: &Path,
 ) -> Result<Box<dyn StepEngine>> {
     let spec: BoardSpec = args.board.parse()?;
-    let factory: e2t_board::remote::SharedFactory =
-        Arc::new(|c: &EngineConfig| e2t_train::build_engine(c));
+    let factory: e2t_board::remote::SharedFactory = Arc::new(engine_factory);
     let opts = ConnectOptions {
         remote: RemoteOptions {
             expected_bitstream_sha256: args.expect_bitstream.clone(),
@@ -208,13 +222,16 @@ impl Row {
     pub fn from_run(o: &RunOutcome) -> Row {
         let n = o.energy.epochs.len();
         let total = o.energy.cumulative.total_j();
+        // The fp32 engine runs on the host CPU: no accelerator command was counted, so there is
+        // no accelerator energy to show (a 0 J figure would read as a measurement).
+        let on_accel = o.summary.counters.gemms > 0 && n > 0;
         Row {
             label: o.summary.method.clone(),
             test_acc: o.summary.final_test_acc,
             epochs: o.summary.epochs_done,
-            counters: Some(o.summary.counters),
-            energy_per_epoch_j: (n > 0).then(|| total / n as f64),
-            energy_total_j: (n > 0).then_some(total),
+            counters: on_accel.then_some(o.summary.counters),
+            energy_per_epoch_j: on_accel.then(|| total / n as f64),
+            energy_total_j: on_accel.then_some(total),
         }
     }
     fn from_report(r: &e2t_report::RunData) -> Row {

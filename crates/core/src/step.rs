@@ -163,6 +163,17 @@ pub enum EngineError {
     Accelerator(String),
 }
 
+impl EngineError {
+    /// The message without its kind prefix: what crosses the board link next to an error code, so
+    /// the host rebuilds the same error instead of nesting "checkpoint: checkpoint: ...".
+    pub fn detail(&self) -> &str {
+        match self {
+            EngineError::Config(s) | EngineError::Checkpoint(s) | EngineError::Accelerator(s) => s,
+            EngineError::Batch { reason, .. } => reason,
+        }
+    }
+}
+
 /// What a board agent runs. Implemented by the fp32 engine and the E2-Train engine (e2t-train);
 /// driven in-process or behind the link protocol (e2t-board).
 ///
@@ -181,6 +192,16 @@ pub trait StepEngine: Send {
     /// Full training state (weights, optimizer, RNG, counters) as bytes.
     fn checkpoint(&self) -> Result<Vec<u8>, EngineError>;
     fn restore(&mut self, bytes: &[u8]) -> Result<(), EngineError>;
+    /// `--init`: take the weights (and BN statistics) of another run's checkpoint, keeping this
+    /// engine's own configuration, fresh optimizer state, RNG and counters. The checkpoint may come
+    /// from any method of the same model. Engines that cannot do this say so.
+    fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
+        let _ = checkpoint;
+        Err(EngineError::Checkpoint(format!(
+            "this engine ({}) cannot start from another run's weights",
+            self.config().method.label()
+        )))
+    }
 }
 
 use crate::config::EngineConfig;

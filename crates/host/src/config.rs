@@ -49,19 +49,19 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub milestones: Option<Vec<f64>>,
     /// Step schedule: factor applied at each milestone [default: 0.1]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
     /// Epochs of linear warm-up from lr/steps to lr (fractions allowed) [default: 0]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warmup_epochs: Option<f64>,
     /// SGD momentum [default: 0.9]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub momentum: Option<f64>,
     /// Weight decay [default: 5e-4]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight_decay: Option<f64>,
     /// Seed of everything random (weights, shuffling, augmentation, SMD) [default: 0]
@@ -97,7 +97,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smd: Option<bool>,
     /// SMD: probability of dropping a mini-batch [default: 0.5]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smd_p: Option<f64>,
     /// SMD: apply the momentum/weight-decay step on dropped batches [default: false]
@@ -109,11 +109,11 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu: Option<bool>,
     /// SLU: target executed fraction of gated-block cost, in (0, 1] [default: 0.5]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_target: Option<f64>,
     /// SLU: weight of the computation-cost regulariser [default: 1e-5]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_beta: Option<f64>,
     /// Predictive sign gradient descent on/off (overrides the method preset)
@@ -125,7 +125,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psg_threshold: Option<String>,
     /// Learning-rate factor for PSG's sign-updated weights (1.0 = the reference) [default: 0.1]
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psg_lr_scale: Option<f64>,
     /// Accelerator MAC array shape RxC [default: 16x16]

@@ -670,7 +670,7 @@ pub fn run_with_data(
             let (bytes, next_seq) = read_init(init)?;
             seq_base = next_seq;
             engine
-                .restore(&bytes)
+                .load_weights(&bytes)
                 .map_err(engine_err(format!("loading --init {}", init.display())))?;
         }
         HostState {

@@ -24,6 +24,7 @@ struct Log {
     steps: Vec<(u64, f32)>,
     skips: Vec<f32>,
     restored: Vec<Vec<u8>>,
+    loaded: Vec<Vec<u8>>,
 }
 
 struct Toy {
@@ -183,6 +184,11 @@ impl StepEngine for Toy {
     fn restore(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
         self.s = bincode::deserialize(bytes).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
         self.log.lock().unwrap().restored.push(bytes.to_vec());
+        Ok(())
+    }
+    fn load_weights(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
+        self.s = bincode::deserialize(bytes).map_err(|e| EngineError::Checkpoint(e.to_string()))?;
+        self.log.lock().unwrap().loaded.push(bytes.to_vec());
         Ok(())
     }
 }
@@ -648,7 +654,11 @@ fn init_loads_weights_and_mismatches_are_refused() {
     // 30 samples in batches of 8: run `a` used sequence numbers 0..4; this run continues at 4
     // (the restored engine refuses numbers it has already passed).
     assert_eq!(log.lock().unwrap().steps.first().map(|x| x.0), Some(4));
-    assert_eq!(log.lock().unwrap().restored, vec![trained]);
+    assert_eq!(log.lock().unwrap().loaded, vec![trained]);
+    assert!(
+        log.lock().unwrap().restored.is_empty(),
+        "--init is not a resume"
+    );
 
     // The engine's input shape must match the data set.
     let other = Dataset {

@@ -8,7 +8,7 @@ use e2t_core::{Batch, Counters, EngineConfig, EvalResult, Mode, Precision, Rail,
 use serde::{Deserialize, Serialize};
 
 /// Bump on any change of [`Msg`]'s encoding.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// "E2TL": guards against talking to something that is not an e2train agent at all.
 pub const MAGIC: u32 = 0x4532_544c;
 /// Largest encoded message either side accepts (a CIFAR batch of 512 is 1.5 MiB).
@@ -133,6 +133,13 @@ pub enum Msg {
         code: ErrorCode,
         text: String,
     },
+    /// `--init`: upload another run's checkpoint; the chunk that completes `total` rebuilds the
+    /// engine from the current configuration with those weights (fresh optimizer, RNG, counters).
+    PutWeights {
+        offset: u64,
+        total: u64,
+        data: Vec<u8>,
+    },
 }
 
 impl Msg {
@@ -155,6 +162,7 @@ impl Msg {
             Msg::PutCheckpoint { .. } => "PutCheckpoint",
             Msg::Reset => "Reset",
             Msg::Error { .. } => "Error",
+            Msg::PutWeights { .. } => "PutWeights",
         }
     }
 }
@@ -345,6 +353,13 @@ mod tests {
             ".{0,40}".prop_map(|text| Msg::Error {
                 code: ErrorCode::Batch,
                 text
+            }),
+            (any::<u64>(), any::<u64>(), bytes()).prop_map(|(offset, total, data)| {
+                Msg::PutWeights {
+                    offset,
+                    total,
+                    data,
+                }
             }),
         ]
     }

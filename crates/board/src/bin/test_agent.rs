@@ -72,12 +72,14 @@ fn main() {
     let port = port.unwrap_or_else(|| fail("missing --port PATH"));
     let t = e2t_link::open_serial(std::path::Path::new(&port), baud)
         .unwrap_or_else(|e| fail(&e.to_string()));
-    let factory = move |c: &EngineConfig| -> Result<Box<dyn StepEngine>, EngineError> {
-        Ok(Box::new(Mortal {
-            inner: ToyEngine::new(c)?,
-            die_after,
-        }))
-    };
+    let factory =
+        move |c: &EngineConfig, init: Option<&[u8]>| -> Result<Box<dyn StepEngine>, EngineError> {
+            let mut inner = ToyEngine::new(c)?;
+            if let Some(b) = init {
+                inner.load_weights(b)?;
+            }
+            Ok(Box::new(Mortal { inner, die_after }))
+        };
     if let Err(e) = serve(
         Box::new(t),
         &factory,
