@@ -488,6 +488,38 @@ fn bench_prints_a_line_and_writes_json() {
     assert_eq!(v["batch"], 8);
     assert!(v["images_per_s_median"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0, "{v}");
+
+    // The accelerator engines: SMD's coin drops some of the offered batches.
+    let o = run_ok(&[
+        "bench",
+        "--method",
+        "smd",
+        "--model",
+        "resnet8",
+        "--batch",
+        "4",
+        "--windows",
+        "1",
+        "--iters",
+        "8",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&o.stdout).starts_with("smd: resnet8"),
+        "{}",
+        text(&o.stdout)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["method"], "smd");
+    assert_eq!(v["batches_offered"], 8);
+    let kept = v["batches_kept"].as_u64().unwrap();
+    assert!(kept > 0 && kept < 8, "{v}");
 }
 
 /// The demo evaluates on the whole test set (it has no --test-subset), 10 000 images per run, which
