@@ -4,13 +4,16 @@
 # block-RAM use with the share of an XC7Z045 (218,600 LUT, 437,200 FF, 900 DSP48E1, 545 RAMB36).
 #
 # Usage: scripts/estimate.sh [RxC ...]        default: 8x8 16x16
-# Env:   YOSYS (default: yosys), DEPTH (operand bank words, default 512), KEEP_LOGS=1 to keep logs.
+# Env:   YOSYS (default: yosys), DEPTH (operand bank words, default 512), RWS and Q (reuse-path
+#        geometry, default: the top's defaults 256 and 8, i.e. the board build), KEEP_LOGS=1 to keep logs.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 rtl="$here/../rtl"
 yosys="${YOSYS:-yosys}"
 depth="${DEPTH:-512}"
+rws="${RWS:-256}"
+q="${Q:-8}"
 shapes=("$@")
 [ ${#shapes[@]} -eq 0 ] && shapes=(8x8 16x16)
 
@@ -35,7 +38,7 @@ for shape in "${shapes[@]}"; do
   log="$work/synth_${r}x${c}.log"
   {
     echo "read_verilog -sv ${files[*]}"
-    echo "chparam -set R $r -set C $c -set DEPTH $depth e2t_top"
+    echo "chparam -set R $r -set C $c -set DEPTH $depth -set RWS $rws -set Q $q e2t_top"
     echo "synth_xilinx -family xc7 -top e2t_top -noiopad -flatten"
     echo "tee -o $work/stat_${r}x${c}.txt stat"
   } > "$work/run_${r}x${c}.ys"
@@ -65,7 +68,7 @@ for shape in "${shapes[@]}"; do
     "$dsp" "$(pct "$dsp" $DSP_T)" "$b36" "$b18" "$(pct "$bram36" $BRAM_T)" "$secs")")
 done
 
-echo "Yosys $("$yosys" -V | awk '{print $2}') synth_xilinx -family xc7 (out of context), e2t_top, DEPTH=$depth; share of XC7Z045"
+echo "Yosys $("$yosys" -V | awk '{print $2}') synth_xilinx -family xc7 (out of context), e2t_top, DEPTH=$depth RWS=$rws Q=$q; share of XC7Z045"
 echo "LUT counts include LUT-RAM and SRLs; block RAM share counts a RAMB18 as half a RAMB36."
 echo
 echo "| array   | LUT               | FF                | DSP48E1        | RAMB36 + RAMB18 (share) | synth  |"

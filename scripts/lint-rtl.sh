@@ -28,5 +28,8 @@ for f in "$rtl"/src/*.sv; do
 done
 run "e2t_top R=16 C=16 DEPTH=512" --top-module e2t_top -GR=16 -GC=16 -GDEPTH=512
 run "e2t_top R=8 C=6 DEPTH=8" --top-module e2t_top -GR=8 -GC=6 -GDEPTH=8
+# Reuse-path geometry at its edges: one column tile per block, 2-word buffers; and the test model's.
+run "e2t_top R=3 C=2 DEPTH=4 RWS=2 Q=1" --top-module e2t_top -GR=3 -GC=2 -GDEPTH=4 -GRWS=2 -GQ=1
+run "e2t_top R=4 C=4 DEPTH=8 RWS=16 Q=2" --top-module e2t_top -GR=4 -GC=4 -GDEPTH=8 -GRWS=16 -GQ=2
 
 exit $fail

@@ -1,14 +1,19 @@
 //! Verilates the accelerator RTL with vlharness.
 //!
 //! Models (kept few and small: each costs seconds of C++ compile, and CI builds from scratch):
-//! * `Ve2t_top`: the top at the test configuration R=4, C=4, DEPTH=8 (a small DEPTH makes K chunking
-//!   happen at K > 32 / 64, so the suite exercises it with small matrices), with tracing compiled in
+//! * `Ve2t_top`: the top at the test configuration R=4, C=4, DEPTH=8, RWS=16, Q=2 (a small DEPTH makes
+//!   K chunking happen at K > 32 / 64, and the small reuse geometry makes the reuse path hand over
+//!   to the per-tile path at K > 64 / 128 and use several B blocks at N > 8, so the suite exercises
+//!   both with small matrices), with tracing compiled in
 //!   (waveforms are opened on demand, e.g. by a failing test);
 //! * `Ve2t_pe`: one PE alone, for a direct check of its arithmetic and pipeline.
 //!
 //! Environment:
 //! * `E2T_RTL_DIR`: verilate another copy of rtl/ (used to check that the suite catches a broken RTL);
-//! * `E2T_SIM_COVERAGE=1`: build the models with Verilator coverage (scripts/coverage.sh).
+//! * `E2T_SIM_COVERAGE=1`: build the models with Verilator coverage (scripts/coverage.sh);
+//! * `E2T_SIM_TOP="R=16,C=16,DEPTH=512,RWS=256,Q=8"`: build the top with other parameters (for the
+//!   `#[ignore]`d measurement runs; use a separate `CARGO_TARGET_DIR`). Unnamed ones keep the test
+//!   values. The library sees them as `e2t_sim::TOP_*`.
 
 use std::path::PathBuf;
 
@@ -20,6 +25,30 @@ fn fail(e: vlharness::build::BuildError) -> ! {
 fn main() {
     println!("cargo:rerun-if-env-changed=E2T_RTL_DIR");
     println!("cargo:rerun-if-env-changed=E2T_SIM_COVERAGE");
+    println!("cargo:rerun-if-env-changed=E2T_SIM_TOP");
+    let mut params: Vec<(&str, String)> = [("R", 4), ("C", 4), ("DEPTH", 8), ("RWS", 16), ("Q", 2)]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+    if let Ok(spec) = std::env::var("E2T_SIM_TOP") {
+        for item in spec.split(',').filter(|s| !s.trim().is_empty()) {
+            let parsed = item
+                .split_once('=')
+                .and_then(|(k, v)| Some((k.trim(), v.trim().parse::<u32>().ok()?)));
+            let Some((k, v)) = parsed else {
+                eprintln!("error: E2T_SIM_TOP item {item:?} is not NAME=NUMBER");
+                std::process::exit(1);
+            };
+            let Some(slot) = params.iter_mut().find(|(name, _)| *name == k) else {
+                eprintln!("error: E2T_SIM_TOP names {k:?}; known: R, C, DEPTH, RWS, Q");
+                std::process::exit(1);
+            };
+            slot.1 = v.to_string();
+        }
+    }
+    for (k, v) in &params {
+        println!("cargo:rustc-env=E2T_TOP_{k}={v}");
+    }
     let manifest =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let rtl = std::env::var_os("E2T_RTL_DIR")
@@ -52,12 +81,11 @@ fn main() {
     let mut top_files = files.clone();
     top_files.extend(all_src);
 
-    vlharness::build::Model::new("e2t_top")
-        .files(top_files)
-        .param("R", "4")
-        .param("C", "4")
-        .param("DEPTH", "8")
-        .trace(!coverage)
+    let mut top = vlharness::build::Model::new("e2t_top").files(top_files);
+    for (k, v) in &params {
+        top = top.param(k, v);
+    }
+    top.trace(!coverage)
         .coverage(coverage)
         .build()
         .unwrap_or_else(|e| fail(e));

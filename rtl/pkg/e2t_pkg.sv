@@ -24,10 +24,12 @@ package e2t_pkg;
   localparam int unsigned T_DONE       = 1;
   localparam int unsigned T_FLUSH      = 3;
   localparam int unsigned T_ROW        = 1;
+  localparam int unsigned T_CAP        = 4;   // reuse path: last k-step issue to first row latch
+  localparam int unsigned T_FIN        = 1;   // reuse path: last result beat leaves the output register
 
   // ---- identification -------------------------------------------------------------------------
   localparam int unsigned ID_VALUE      = 32'hE2A0_0001;
-  localparam int unsigned VERSION_VALUE = 32'h0001_0000;
+  localparam int unsigned VERSION_VALUE = 32'h0001_0001;
 
   // ---- CSR byte offsets -----------------------------------------------------------------------
   localparam int unsigned CSR_ID          = 'h000;
@@ -36,6 +38,7 @@ package e2t_pkg;
   localparam int unsigned CSR_STATUS      = 'h00C;
   localparam int unsigned CSR_CTRL        = 'h010;
   localparam int unsigned CSR_IRQ_EN      = 'h014;
+  localparam int unsigned CSR_HWCFG2      = 'h018;  // reuse-path geometry (RWS, Q)
   localparam int unsigned CSR_CMD_M       = 'h020;
   localparam int unsigned CSR_CMD_N       = 'h024;
   localparam int unsigned CSR_CMD_K       = 'h028;
@@ -95,6 +98,13 @@ package e2t_pkg;
   localparam int unsigned CFG_SHIFT_LSB    = 8;
   localparam int unsigned CFG_SHIFT_W      = 6;
   localparam int unsigned CFG_ADAPTIVE_BIT = 16;
+  localparam int unsigned CFG_REUSE_BIT    = 17;  // OP_GEMM on the operand-reuse path
+
+  // ---- HWCFG2 fields --------------------------------------------------------------------------
+  localparam int unsigned HWCFG2_RWS_LSB = 0;    // words per lane of a reuse buffer (KMAX = E * RWS)
+  localparam int unsigned HWCFG2_RWS_W   = 16;
+  localparam int unsigned HWCFG2_Q_LSB   = 16;   // column tiles per resident B block
+  localparam int unsigned HWCFG2_Q_W     = 8;
 
   // ---- opcodes, modes, output formats ---------------------------------------------------------
   localparam int unsigned OP_GEMM = 1;

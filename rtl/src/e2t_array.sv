@@ -1,6 +1,7 @@
 // e2t_array: R x C output-stationary array. The A operand of row i is broadcast to every PE of row
 // i and the B operand of column j to every PE of column j (operands come from on-chip banks, so no
-// systolic skew is needed). One accumulator row at a time is read out through row_o.
+// systolic skew is needed). One row of result shadows (see e2t_pe) at a time is read out through
+// row_o, so the accumulators can already work on the next tile.
 module e2t_array #(
   parameter int unsigned R = 4,
   parameter int unsigned C = 4
@@ -9,6 +10,7 @@ module e2t_array #(
   input  logic                               rst_ni,
   input  logic                               valid_i,
   input  logic                               clr_i,
+  input  logic                               last_i,
   input  logic                               int8_i,
   input  logic [R*e2t_pkg::CODE_W-1:0]       a_i,       // row i at [16i +: 16]
   input  logic [C*e2t_pkg::CODE_W-1:0]       b_i,       // column j at [16j +: 16]
@@ -32,12 +34,15 @@ module e2t_array #(
         .rst_ni,
         .valid_i,
         .clr_i,
+        .last_i,
         .int8_i,
         .a_i    (a_i[i*CW +: CW]),
         .b0_i   (b_i[(2*j)*CW +: CW]),
         .b1_i   (b_i[(2*j+1)*CW +: CW]),
-        .acc0_o (rows[i][(2*j)*AW +: AW]),
-        .acc1_o (rows[i][(2*j+1)*AW +: AW])
+        .acc0_o (),
+        .acc1_o (),
+        .sh0_o  (rows[i][(2*j)*AW +: AW]),
+        .sh1_o  (rows[i][(2*j+1)*AW +: AW])
       );
     end
   end

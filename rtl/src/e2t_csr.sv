@@ -4,7 +4,9 @@
 module e2t_csr #(
   parameter int unsigned R     = 4,
   parameter int unsigned C     = 4,
-  parameter int unsigned DEPTH = 64
+  parameter int unsigned DEPTH = 64,
+  parameter int unsigned RWS   = 256,
+  parameter int unsigned Q     = 8
 ) (
   input  logic                                             clk_i,
   input  logic                                             rst_ni,
@@ -209,6 +211,7 @@ module e2t_csr #(
         ADW'(e2t_pkg::CSR_ID):          rmux = e2t_pkg::ID_VALUE;
         ADW'(e2t_pkg::CSR_VERSION):     rmux = e2t_pkg::VERSION_VALUE;
         ADW'(e2t_pkg::CSR_HWCFG):       rmux = {16'(DEPTH), 8'(C), 8'(R)};
+        ADW'(e2t_pkg::CSR_HWCFG2):      rmux = {8'b0, 8'(Q), 16'(RWS)};
         ADW'(e2t_pkg::CSR_STATUS):      rmux = status_word;
         ADW'(e2t_pkg::CSR_IRQ_EN):      rmux = {30'b0, irq_en_q};
         ADW'(e2t_pkg::CSR_CMD_M):       rmux = m_q;

@@ -6,17 +6,23 @@
 //   packing of Xilinx WP486); multiplier Y does the same for k+1 with the high bytes. Each PE then adds
 //   its two products. So a PE takes two INT8 products per cycle with one DSP48 per PE.
 // Accumulators are 48-bit two's complement and wrap. Two register stages: products, accumulators.
+// Each PE also has a shadow register: the step marked last_i copies the final sum into it on the
+// same edge as the accumulator update, so the result can be read out (sh*_o) while the accumulator
+// already starts the next tile (overlap of result drain and compute).
 module e2t_pe (
   input  logic                       clk_i,
   input  logic                       rst_ni,
   input  logic                       valid_i,  // operands hold a k-step (or a pair in INT8)
   input  logic                       clr_i,    // first k-step of a pass: start from zero
+  input  logic                       last_i,   // last k-step of a tile: copy the sum to the shadow
   input  logic                       int8_i,   // 1: INT8 mode
   input  logic [e2t_pkg::CODE_W-1:0] a_i,
   input  logic [e2t_pkg::CODE_W-1:0] b0_i,
   input  logic [e2t_pkg::CODE_W-1:0] b1_i,
   output logic [e2t_pkg::ACC_W-1:0]  acc0_o,
-  output logic [e2t_pkg::ACC_W-1:0]  acc1_o
+  output logic [e2t_pkg::ACC_W-1:0]  acc1_o,
+  output logic [e2t_pkg::ACC_W-1:0]  sh0_o,
+  output logic [e2t_pkg::ACC_W-1:0]  sh1_o
 );
   localparam int unsigned AW = e2t_pkg::ACC_W;
 
@@ -25,8 +31,8 @@ module e2t_pe (
   logic signed [17:0] bx, by;
   logic signed [31:0] px_d, py_d;   // products mod 2^32: every needed field fits
   logic        [31:0] px_q, py_q;
-  logic               v_q, clr_q, int8_q;
-  logic [AW-1:0]      acc0_q, acc1_q;
+  logic               v_q, clr_q, last_q, int8_q;
+  logic [AW-1:0]      acc0_q, acc1_q, sh0_q, sh1_q, acc0_d, acc1_d;
 
   always_comb begin
     if (int8_i) begin
@@ -67,28 +73,41 @@ module e2t_pe (
     end
   end
 
+  assign acc0_d = (clr_q ? '0 : acc0_q) + AW'(signed'(add0));
+  assign acc1_d = (clr_q ? '0 : acc1_q) + AW'(signed'(add1));
+
   always_ff @(posedge clk_i) begin
     if (!rst_ni) begin
       px_q   <= '0;
       py_q   <= '0;
       v_q    <= 1'b0;
       clr_q  <= 1'b0;
+      last_q <= 1'b0;
       int8_q <= 1'b0;
       acc0_q <= '0;
       acc1_q <= '0;
+      sh0_q  <= '0;
+      sh1_q  <= '0;
     end else begin
       px_q   <= px_d;
       py_q   <= py_d;
       v_q    <= valid_i;
       clr_q  <= clr_i;
+      last_q <= last_i;
       int8_q <= int8_i;
       if (v_q) begin
-        acc0_q <= (clr_q ? '0 : acc0_q) + AW'(signed'(add0));
-        acc1_q <= (clr_q ? '0 : acc1_q) + AW'(signed'(add1));
+        acc0_q <= acc0_d;
+        acc1_q <= acc1_d;
+        if (last_q) begin
+          sh0_q <= acc0_d;
+          sh1_q <= acc1_d;
+        end
       end
     end
   end
 
   assign acc0_o = acc0_q;
   assign acc1_o = acc1_q;
+  assign sh0_o  = sh0_q;
+  assign sh1_o  = sh1_q;
 endmodule

@@ -3,7 +3,9 @@
 module e2t_top #(
   parameter int unsigned R     = 4,
   parameter int unsigned C     = 4,
-  parameter int unsigned DEPTH = 64
+  parameter int unsigned DEPTH = 64,
+  parameter int unsigned RWS   = 256,  // reuse path: KMAX = 4 * RWS (INT16), 8 * RWS (INT8)
+  parameter int unsigned Q     = 8     // reuse path: column tiles per resident B block
 ) (
   input  logic                                 clk_i,
   input  logic                                 rst_ni,
@@ -47,7 +49,7 @@ module e2t_top #(
   logic [e2t_pkg::NUM_COUNTERS*INC_W-1:0] cnt_inc;
   logic [e2t_pkg::NUM_COUNTERS*e2t_pkg::CNT_W-1:0] snap;
 
-  e2t_csr #(.R(R), .C(C), .DEPTH(DEPTH)) u_csr (
+  e2t_csr #(.R(R), .C(C), .DEPTH(DEPTH), .RWS(RWS), .Q(Q)) u_csr (
     .clk_i, .rst_ni,
     .awaddr_i(s_axil_awaddr_i), .awvalid_i(s_axil_awvalid_i), .awready_o(s_axil_awready_o),
     .wdata_i(s_axil_wdata_i), .wstrb_i(s_axil_wstrb_i), .wvalid_i(s_axil_wvalid_i),
@@ -71,7 +73,7 @@ module e2t_top #(
     .empty_o(fifo_empty), .full_o(fifo_full), .count_o(fifo_count)
   );
 
-  e2t_engine #(.R(R), .C(C), .DEPTH(DEPTH), .INC_W(INC_W)) u_engine (
+  e2t_engine #(.R(R), .C(C), .DEPTH(DEPTH), .RWS(RWS), .Q(Q), .INC_W(INC_W)) u_engine (
     .clk_i, .rst_ni,
     .soft_reset_i(soft_reset),
     .cmd_valid_i(!fifo_empty), .cmd_i(fifo_data), .cmd_pop_o(pop), .cmd_flush_o(flush_abort),

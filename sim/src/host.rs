@@ -86,12 +86,36 @@ impl OutFmt {
     }
 }
 
-/// The array configuration read from HWCFG.
+/// The array configuration read from HWCFG and HWCFG2.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HwCfg {
     pub r: usize,
     pub c: usize,
     pub depth: usize,
+    /// Reuse path: words per lane of an A buffer / B sub-tile (K up to `E * rws` takes the path).
+    pub rws: usize,
+    /// Reuse path: column tiles per resident B block.
+    pub q: usize,
+}
+
+/// Which stream format / schedule an `OP_GEMM` uses (`CMD_CFG.REUSE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    /// One operand packet per output tile (any K).
+    PerTile,
+    /// Resident B block, streamed A panels (needs `ceil(K/E) <= rws`).
+    Reuse,
+}
+
+impl GemmPath {
+    /// The driver's choice: reuse whenever K fits the reuse buffers.
+    pub fn auto(k: usize, mode: Mode, hw: HwCfg) -> GemmPath {
+        if k.div_ceil(elems(mode)) <= hw.rws {
+            GemmPath::Reuse
+        } else {
+            GemmPath::PerTile
+        }
+    }
 }
 
 /// Input elements per beat.
@@ -125,6 +149,84 @@ pub fn tiles(m: usize, n: usize, hw: HwCfg) -> Vec<Tile> {
         }
     }
     out
+}
+
+/// Output tiles of the reuse path in result order: per B block (`q * C` columns), per row panel,
+/// the block's column tiles.
+pub fn reuse_tiles(m: usize, n: usize, hw: HwCfg) -> Vec<Tile> {
+    let qc = hw.q * hw.c;
+    let mut out = Vec::new();
+    for nb0 in (0..n).step_by(qc) {
+        let bw = qc.min(n - nb0);
+        for m0 in (0..m).step_by(hw.r) {
+            for n0 in (nb0..nb0 + bw).step_by(hw.c) {
+                out.push(Tile {
+                    m0,
+                    rv: hw.r.min(m - m0),
+                    n0,
+                    cv: hw.c.min(n - n0),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The input packets of a reuse-path GEMM (README "Reuse path"), in stream order: B block 0 (all
+/// its columns), then per block b its A panels (rows of A, each `ceil(K/E)` beats, all of K), each
+/// panel followed by a slice of block b+1's B columns: one column tile (C columns) after each
+/// panel but the last, all that is left of block b+1 after the last one (empty slices are not
+/// sent). TLAST on the last beat of every packet.
+pub fn reuse_packets(
+    a: &[i16],
+    b: &[i16],
+    m: usize,
+    k: usize,
+    n: usize,
+    hw: HwCfg,
+    mode: Mode,
+) -> Vec<Vec<Beat>> {
+    let qc = hw.q * hw.c;
+    let mut packets = Vec::new();
+    let mut lane = Vec::with_capacity(k);
+    let mut columns = |cols: std::ops::Range<usize>| {
+        let mut p = Vec::new();
+        for j in cols {
+            lane.clear();
+            lane.extend((0..k).map(|kk| b[kk * n + j]));
+            pack_lane(&lane, mode, &mut p);
+        }
+        p
+    };
+    packets.push(columns(0..qc.min(n)));
+    for nb0 in (0..n).step_by(qc) {
+        let next = nb0 + qc; // first column of the next block
+        let next_end = (next + qc).min(n);
+        let mut col = next; // next B column of the next block to send
+        for m0 in (0..m).step_by(hw.r) {
+            let mut p = Vec::new();
+            for i in m0..m0 + hw.r.min(m - m0) {
+                pack_lane(&a[i * k..(i + 1) * k], mode, &mut p);
+            }
+            packets.push(p);
+            if col < next_end {
+                let last_panel = m0 + hw.r >= m;
+                let end = if last_panel {
+                    next_end
+                } else {
+                    (col + hw.c).min(next_end)
+                };
+                packets.push(columns(col..end));
+                col = end;
+            }
+        }
+    }
+    for p in &mut packets {
+        if let Some(l) = p.last_mut() {
+            l.last = true;
+        }
+    }
+    packets
 }
 
 /// Packs one lane's k-steps (`codes[k0..k0+kc]`) into beats: E elements per beat, element e at
@@ -264,10 +366,14 @@ impl Tb {
     /// Reads HWCFG.
     pub fn hwcfg(&mut self) -> Result<HwCfg, TbError> {
         let v = self.read(csr::CSR_HWCFG)?;
+        let v2 = self.read(csr::CSR_HWCFG2)?;
+        let field = |x: u32, lsb: u32, w: u32| (x >> lsb & ((1 << w) - 1)) as usize;
         Ok(HwCfg {
             r: (v & 0xff) as usize,
             c: (v >> 8 & 0xff) as usize,
             depth: (v >> 16) as usize,
+            rws: field(v2, csr::HWCFG2_RWS_LSB, csr::HWCFG2_RWS_W),
+            q: field(v2, csr::HWCFG2_Q_LSB, csr::HWCFG2_Q_W),
         })
     }
 
@@ -335,7 +441,8 @@ impl Tb {
     }
 
     /// Runs one GEMM `C = A x B` (row-major codes) and returns `C` row-major: requantized values,
-    /// raw accumulators or signs, as i64. Fails if the block reports an error.
+    /// raw accumulators or signs, as i64. Takes the reuse path whenever K fits it
+    /// ([`GemmPath::auto`]). Fails if the block reports an error.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &mut self,
@@ -347,22 +454,54 @@ impl Tb {
         mode: Mode,
         fmt: OutFmt,
     ) -> Result<Vec<i64>, TbError> {
+        let hw = self.hwcfg()?;
+        self.gemm_on(GemmPath::auto(k, mode, hw), a, b, m, k, n, mode, fmt)
+    }
+
+    /// [`Tb::gemm`] on an explicit path (the reuse path needs `ceil(K/E) <= HWCFG2.RWS`, else the
+    /// block rejects the command with `ERR_DIM_TOO_LARGE` and this returns a protocol error).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_on(
+        &mut self,
+        path: GemmPath,
+        a: &[i16],
+        b: &[i16],
+        m: usize,
+        k: usize,
+        n: usize,
+        mode: Mode,
+        fmt: OutFmt,
+    ) -> Result<Vec<i64>, TbError> {
         assert_eq!(a.len(), m * k, "A must be m x k");
         assert_eq!(b.len(), k * n, "B must be k x n");
         let hw = self.hwcfg()?;
-        let cfg = csr::cmd_cfg(
+        let mut cfg = csr::cmd_cfg(
             csr::OP_GEMM,
             mode == Mode::Int8,
             fmt.code(),
             fmt.shift(),
             false,
         );
-        self.push_cmd(m as u32, n as u32, k as u32, cfg)?;
-        let ts = tiles(m, n, hw);
-        for t in &ts {
-            let p = tile_packet(a, b, k, n, *t, hw, mode);
-            self.send(p);
+        if path == GemmPath::Reuse {
+            cfg |= 1 << csr::CFG_REUSE_BIT;
         }
+        self.push_cmd(m as u32, n as u32, k as u32, cfg)?;
+        let ts = match path {
+            GemmPath::PerTile => {
+                let ts = tiles(m, n, hw);
+                for t in &ts {
+                    let p = tile_packet(a, b, k, n, *t, hw, mode);
+                    self.send(p);
+                }
+                ts
+            }
+            GemmPath::Reuse => {
+                for p in reuse_packets(a, b, m, k, n, hw, mode) {
+                    self.send(p);
+                }
+                reuse_tiles(m, n, hw)
+            }
+        };
         let mut c = vec![0i64; m * n];
         for (ti, t) in ts.iter().enumerate() {
             let bpr = fmt.beats_per_row(t.cv);
@@ -511,6 +650,8 @@ mod tests {
         r: 4,
         c: 4,
         depth: 2,
+        rws: 4,
+        q: 2,
     };
 
     #[test]
@@ -568,6 +709,44 @@ mod tests {
         let a8: Vec<i16> = vec![0x0180, -0x0100, 0x7fff, -0x8000];
         let p = tile_packet(&a8, &[0x0100; 4], 4, 1, t, HW, Mode::Int8);
         assert_eq!(p[0].data, 0x80_7f_ff_01);
+    }
+
+    #[test]
+    fn reuse_stream_follows_the_readme() {
+        // M = 5, N = 10, K = 3, 4x4 array, Q = 2: blocks of 8 columns -> B block 0 (8 columns),
+        // A panel 0 (4 rows), slice of block 1 (a column tile: its 2 columns), A panel 1 (1 row);
+        // then block 1's panels (no block 2, no slices).
+        let (m, k, n) = (5, 3, 10);
+        let a: Vec<i16> = (0..m * k).map(|x| x as i16).collect();
+        let b: Vec<i16> = (0..k * n).map(|x| 100 + x as i16).collect();
+        let p = reuse_packets(&a, &b, m, k, n, HW, Mode::Int16);
+        let lens: Vec<usize> = p.iter().map(Vec::len).collect();
+        assert_eq!(lens, [8, 4, 2, 1, 4, 1]);
+        assert!(p.iter().all(|q| q.last().unwrap().last));
+        assert_eq!(p.iter().flatten().filter(|b| b.last).count(), 6);
+        // first B column: B[0][0], B[1][0], B[2][0], pad
+        assert_eq!(p[0][0].data, 0x0000_0078_006e_0064);
+        // the slice after panel 0 starts with column 8
+        assert_eq!(p[2][0].data & 0xffff, 108);
+        // second A panel: row 4
+        assert_eq!(p[3][0].data, 0x0000_000e_000d_000c);
+        // N = 20 (3 blocks), M = 9 (3 panels): block 1 (8 columns) arrives as 4 + 4 columns after
+        // panels 0 and 1 of block 0 (nothing left for panel 2); block 2 (4 columns) after panel 0
+        // of block 1.
+        let (m, n) = (9, 20);
+        let a: Vec<i16> = vec![1; m * k];
+        let b: Vec<i16> = vec![1; k * n];
+        let lens: Vec<usize> = reuse_packets(&a, &b, m, k, n, HW, Mode::Int16)
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(lens, [8, 4, 4, 4, 4, 1, 4, 4, 4, 1, 4, 4, 1]);
+        let t = reuse_tiles(5, 10, HW);
+        let order: Vec<(usize, usize)> = t.iter().map(|t| (t.m0, t.n0)).collect();
+        assert_eq!(order, [(0, 0), (0, 4), (4, 0), (4, 4), (0, 8), (4, 8)]);
+        assert_eq!(GemmPath::auto(16, Mode::Int16, HW), GemmPath::Reuse);
+        assert_eq!(GemmPath::auto(17, Mode::Int16, HW), GemmPath::PerTile);
+        assert_eq!(GemmPath::auto(32, Mode::Int8, HW), GemmPath::Reuse);
     }
 
     #[test]

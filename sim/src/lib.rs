@@ -28,9 +28,26 @@ pub mod models {
 pub use models::{Ve2t_pe, Ve2t_top};
 
 /// Array shape the top model was built with (see `build.rs`).
-pub const TOP_R: usize = 4;
-pub const TOP_C: usize = 4;
-pub const TOP_DEPTH: usize = 8;
+/// (Defaults R=4, C=4, DEPTH=8, RWS=16, Q=2; `E2T_SIM_TOP` at build time changes them.)
+pub const TOP_R: usize = parse_param(env!("E2T_TOP_R"));
+pub const TOP_C: usize = parse_param(env!("E2T_TOP_C"));
+pub const TOP_DEPTH: usize = parse_param(env!("E2T_TOP_DEPTH"));
+/// Reuse-path words per lane (`HWCFG2.RWS`).
+pub const TOP_RWS: usize = parse_param(env!("E2T_TOP_RWS"));
+/// Reuse-path column tiles per B block (`HWCFG2.Q`).
+pub const TOP_Q: usize = parse_param(env!("E2T_TOP_Q"));
+
+/// Decimal parameter from build.rs (which has already checked it is a number).
+const fn parse_param(s: &str) -> usize {
+    let b = s.as_bytes();
+    let mut i = 0;
+    let mut v = 0;
+    while i < b.len() {
+        v = v * 10 + (b[i] - b'0') as usize;
+        i += 1;
+    }
+    v
+}
 
 /// Errors of a testbench run.
 #[derive(Debug, thiserror::Error)]

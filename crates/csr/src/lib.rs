@@ -180,6 +180,26 @@ mod tests {
         assert_eq!(u64::from(T_DONE), cycles::T_DONE);
         assert_eq!(u64::from(T_FLUSH), cycles::T_FLUSH);
         assert_eq!(u64::from(T_ROW), cycles::T_ROW);
+        assert_eq!(u64::from(T_CAP), cycles::T_CAP);
+        assert_eq!(u64::from(T_FIN), cycles::T_FIN);
+        // The board's reuse geometry is the top's default RWS / Q: the soft model's counters
+        // follow the schedule of that geometry.
+        let top = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../rtl/src/e2t_top.sv"),
+        )
+        .expect("rtl/src/e2t_top.sv is readable");
+        let default_of = |name: &str| -> u64 {
+            let pat = format!("parameter int unsigned {name}");
+            let line = top
+                .lines()
+                .find(|l| l.contains(&pat))
+                .expect("parameter declared");
+            let v = line.split('=').nth(1).expect("has a default");
+            let digits: String = v.trim().chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("decimal default")
+        };
+        assert_eq!(cycles::ReuseGeom::BOARD.words, default_of("RWS"));
+        assert_eq!(cycles::ReuseGeom::BOARD.q, default_of("Q"));
         assert_eq!(u64::from(DIM_MN_MAX), cycles::DIM_MN_MAX);
         assert_eq!(u64::from(DIM_K_MAX), cycles::DIM_K_MAX);
         assert_eq!(

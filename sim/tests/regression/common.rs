@@ -3,7 +3,7 @@
 
 use e2t_core::{Counters, Mode};
 use e2t_numerics::cycles::{self, ArrayShape};
-use e2t_sim::host::{HwCfg, OutFmt};
+use e2t_sim::host::{GemmPath, HwCfg, OutFmt};
 use e2t_sim::{Stalls, Tb, TbError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -15,6 +15,13 @@ pub const HW: HwCfg = HwCfg {
     r: e2t_sim::TOP_R,
     c: e2t_sim::TOP_C,
     depth: e2t_sim::TOP_DEPTH,
+    rws: e2t_sim::TOP_RWS,
+    q: e2t_sim::TOP_Q,
+};
+/// The reuse geometry of the top model, for the cycle model.
+pub const GEOM: cycles::ReuseGeom = cycles::ReuseGeom {
+    words: e2t_sim::TOP_RWS as u64,
+    q: e2t_sim::TOP_Q as u64,
 };
 const SHAPE: ArrayShape = ArrayShape {
     rows: e2t_sim::TOP_R as u32,
@@ -106,14 +113,26 @@ pub fn run(
 }
 
 /// Expected counters of one GEMM command on a never-stalling bus, from the cycle model
-/// (`e2t_numerics::cycles`, the formula of rtl/README.md).
-pub fn gemm_expect(m: usize, k: usize, n: usize, mode: Mode, fmt: OutFmt) -> Counters {
+/// (`e2t_numerics::cycles`, the formula of rtl/README.md), on `path`.
+pub fn gemm_expect_on(
+    path: GemmPath,
+    m: usize,
+    k: usize,
+    n: usize,
+    mode: Mode,
+    fmt: OutFmt,
+) -> Counters {
     let fmt = match fmt {
         OutFmt::Requant(_) => cycles::OutFmt::Requant,
         OutFmt::Raw48 => cycles::OutFmt::Raw48,
         OutFmt::Sign => cycles::OutFmt::Sign,
     };
-    cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, SHAPE).expect("valid GEMM shape")
+    let path = match path {
+        GemmPath::PerTile => cycles::GemmPath::PerTile,
+        GemmPath::Reuse => cycles::GemmPath::Reuse(GEOM),
+    };
+    cycles::gemm_counters_on(m as u64, k as u64, n as u64, mode, fmt, SHAPE, path)
+        .expect("valid GEMM shape")
 }
 
 /// Expected counters of one PSG command given the uncertain count of every tile (command order).

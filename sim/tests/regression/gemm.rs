@@ -2,10 +2,10 @@
 //! formats, bit-exact against `e2t_numerics::gemm_ref`; counters and the cycle formula for every
 //! command; the same results under random back-pressure on every bus.
 
-use crate::common::{HW, check_counters, gemm_expect, run};
+use crate::common::{HW, check_counters, gemm_expect_on, run};
 use e2t_core::Mode;
 use e2t_numerics::{gemm_ref, requantize};
-use e2t_sim::host::OutFmt;
+use e2t_sim::host::{GemmPath, OutFmt};
 use e2t_sim::{Stalls, Tb, TbError};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -21,7 +21,8 @@ fn expected(acc: &[i64], fmt: OutFmt) -> Vec<i64> {
         .collect()
 }
 
-/// Runs one GEMM on the block, checks values, counters and cycles; returns the values.
+/// Runs one GEMM on the block (on the path the driver picks), checks values, counters and cycles;
+/// returns the values.
 #[allow(clippy::too_many_arguments)]
 pub fn check_gemm(
     tb: &mut Tb,
@@ -33,9 +34,25 @@ pub fn check_gemm(
     mode: Mode,
     fmt: OutFmt,
 ) -> Result<Vec<i64>, TbError> {
-    let what = format!("GEMM m={m} k={k} n={n} {mode:?} {fmt:?}");
+    check_gemm_on(tb, GemmPath::auto(k, mode, HW), a, b, m, k, n, mode, fmt)
+}
+
+/// [`check_gemm`] on an explicit path.
+#[allow(clippy::too_many_arguments)]
+pub fn check_gemm_on(
+    tb: &mut Tb,
+    path: GemmPath,
+    a: &[i16],
+    b: &[i16],
+    m: usize,
+    k: usize,
+    n: usize,
+    mode: Mode,
+    fmt: OutFmt,
+) -> Result<Vec<i64>, TbError> {
+    let what = format!("GEMM m={m} k={k} n={n} {mode:?} {fmt:?} {path:?}");
     let before = tb.counters()?;
-    let got = tb.gemm(a, b, m, k, n, mode, fmt)?;
+    let got = tb.gemm_on(path, a, b, m, k, n, mode, fmt)?;
     let after = tb.counters()?;
     let want = expected(&gemm_ref(a, b, m, k, n, mode).expect("shapes match"), fmt);
     if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
@@ -49,7 +66,7 @@ pub fn check_gemm(
     }
     check_counters(
         &after.delta_since(&before),
-        &gemm_expect(m, k, n, mode, fmt),
+        &gemm_expect_on(path, m, k, n, mode, fmt),
         &what,
     );
     tb.clear_status()?;
@@ -229,7 +246,13 @@ fn random_gemms(tb: &mut Tb, rng: &mut ChaCha8Rng, count: usize) -> Result<Vec<V
         let a = mat(rng, m * k, kind);
         let b = mat(rng, k * n, kind);
         let fmt = random_fmt(rng);
-        outs.push(check_gemm(tb, &a, &b, m, k, n, mode, fmt)?);
+        // Half on the per-tile path whatever K, half on the driver's choice (reuse when K fits).
+        let path = if rng.random_bool(0.5) {
+            GemmPath::PerTile
+        } else {
+            GemmPath::auto(k, mode, HW)
+        };
+        outs.push(check_gemm_on(tb, path, &a, &b, m, k, n, mode, fmt)?);
     }
     Ok(outs)
 }

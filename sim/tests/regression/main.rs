@@ -9,3 +9,4 @@ mod errors;
 mod gemm;
 mod pe;
 mod psg;
+mod reuse;
