@@ -26,6 +26,7 @@
 //! Errors from the accelerator cannot cross the `GemmEngine` seam (its methods return nothing): the
 //! first one is kept for [`AccelGemm::take_error`], and the affected output is zeroed.
 
+use crate::conv::{ConvCodes, Im2colGeom, covered_max_abs, im2col_codes};
 use crate::{
     AccelError, Accelerator, CodeMatrix, DIM_K_MAX, DIM_MN_MAX, F32Operand, GemmOut, PsgReport,
 };
@@ -138,6 +139,7 @@ pub struct AccelGemm<A: Accelerator> {
     qb: Vec<i16>,
     acc: Vec<i64>,
     signs: Vec<i8>,
+    patches: Vec<i16>,
 }
 
 /// Elements per parallel quantization chunk.
@@ -156,6 +158,7 @@ impl<A: Accelerator> AccelGemm<A> {
             qb: Vec::new(),
             acc: Vec::new(),
             signs: Vec::new(),
+            patches: Vec::new(),
         }
     }
 
@@ -298,18 +301,7 @@ impl<A: Accelerator> AccelGemm<A> {
         } else {
             choose_exp(max)
         };
-        let (qw, ew) = if eight {
-            quantize_columns_8bit(&ws, k, n)
-        } else {
-            quantize_columns(&ws, k, n)
-        }
-        .ok_or(AccelError::View {
-            rows: k,
-            cols: n,
-            row_stride: n,
-            col_stride: 1,
-            len: ws.len(),
-        })?;
+        let (qw, ew) = quantize_weight_columns(&ws, k, n, eight)?;
         let mut qa = std::mem::take(&mut self.qa);
         let mut acc = std::mem::take(&mut self.acc);
         acc.resize(m * n, 0);
@@ -349,6 +341,199 @@ impl<A: Accelerator> AccelGemm<A> {
         r
     }
 
+    /// Forward of a convolution given its NHWC input `x` (`g.input_len()` values) instead of the
+    /// fp32 im2col matrix: the same result, counters and errors as [`GemmEngine::forward`] on that
+    /// matrix (see `conv.rs` for why), with the input quantized once. Returns the codes for
+    /// [`Self::conv_backward_weight`] (`None` after an error, which is kept as in `forward`).
+    pub fn conv_forward(
+        &mut self,
+        x: &[f32],
+        g: Im2colGeom,
+        w: ArrayView2<'_, f32>,
+        mut y: ArrayViewMut2<'_, f32>,
+    ) -> Option<ConvCodes> {
+        match self.conv_forward_impl(x, g, w, y.view_mut()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                y.fill(0.0);
+                self.record(e);
+                None
+            }
+        }
+    }
+
+    /// [`GemmEngine::backward_weight`] of a convolution given its NHWC input; `cached` is what
+    /// [`Self::conv_forward`] returned for this input (its codes are used when they are the INT16
+    /// per-tensor codes this GEMM needs, otherwise its max|x| saves a pass). Same result and
+    /// counters as `backward_weight` on the fp32 im2col matrix.
+    pub fn conv_backward_weight(
+        &mut self,
+        layer: &str,
+        x: &[f32],
+        g: Im2colGeom,
+        cached: Option<ConvCodes>,
+        dy: ArrayView2<'_, f32>,
+        mut dw: ArrayViewMut2<'_, f32>,
+    ) {
+        if let Err(e) = self.conv_backward_weight_impl(layer, x, g, cached, dy, dw.view_mut()) {
+            dw.fill(0.0);
+            self.record(e);
+        }
+    }
+
+    fn conv_forward_impl(
+        &mut self,
+        x: &[f32],
+        g: Im2colGeom,
+        w: ArrayView2<'_, f32>,
+        y: ArrayViewMut2<'_, f32>,
+    ) -> Result<ConvCodes, AccelError> {
+        let (m, k) = conv_matrix("conv_forward", x, &g, w.dim(), y.dim())?;
+        check_shapes(
+            "conv_forward",
+            (m, k),
+            w.dim(),
+            y.dim(),
+            (k, w.nrows()),
+            (m, w.ncols()),
+        )?;
+        let eight = self.cfg.forward_mode == Mode::Int8;
+        let max = covered_max_abs(x, &g);
+        let ex = if eight {
+            choose_exp_8bit(max)
+        } else {
+            choose_exp(max)
+        };
+        let mut xq = Vec::new();
+        quantize_with(x, ex, &mut xq, eight);
+        self.with_patches(&xq, &g, |me, codes| {
+            me.forward_codes(CodeMatrix::row_major(codes, m, k)?, ex, w, y)
+        })?;
+        Ok(ConvCodes {
+            codes: xq,
+            geom: g,
+            max_abs: max,
+            exp: ex,
+            eight,
+        })
+    }
+
+    fn conv_backward_weight_impl(
+        &mut self,
+        layer: &str,
+        x: &[f32],
+        g: Im2colGeom,
+        cached: Option<ConvCodes>,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        let (m, k) = conv_matrix("backward_weight", x, &g, dy.dim(), dw.dim())?;
+        check_shapes(
+            "backward_weight",
+            (m, k),
+            dy.dim(),
+            dw.dim(),
+            (m, dy.nrows()),
+            (k, dy.ncols()),
+        )?;
+        let cached = cached.filter(|c| c.geom == g && c.codes.len() == x.len());
+        let (xq, ex) = match cached {
+            Some(c) if !c.eight => (c.codes, c.exp),
+            other => {
+                let max = other.map_or_else(|| covered_max_abs(x, &g), |c| c.max_abs);
+                let ex = choose_exp(max);
+                let mut xq = Vec::new();
+                quantize_with(x, ex, &mut xq, false);
+                (xq, ex)
+            }
+        };
+        self.with_patches(&xq, &g, |me, codes| {
+            me.backward_weight_codes(layer, CodeMatrix::row_major(codes, m, k)?, ex, dy, dw)
+        })
+    }
+
+    /// Runs `f` on the im2col code matrix of the input codes `xq` (the codes themselves for a 1x1,
+    /// stride-1 convolution), built in a buffer reused across calls.
+    fn with_patches<R>(
+        &mut self,
+        xq: &[i16],
+        g: &Im2colGeom,
+        f: impl FnOnce(&mut Self, &[i16]) -> Result<R, AccelError>,
+    ) -> Result<R, AccelError> {
+        if g.is_identity() {
+            return f(self, xq);
+        }
+        let mut cols = std::mem::take(&mut self.patches);
+        im2col_codes(xq, g, &mut cols);
+        let r = f(self, &cols);
+        self.patches = cols;
+        r
+    }
+
+    /// Forward from the codes of `x` (per tensor, exponent `ex`, in the configured mode's format);
+    /// shapes already checked.
+    fn forward_codes(
+        &mut self,
+        xq: CodeMatrix<'_>,
+        ex: i32,
+        w: ArrayView2<'_, f32>,
+        mut y: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        let k = xq.cols();
+        let n = w.ncols();
+        let ws = contiguous(&w);
+        let eight = self.cfg.forward_mode == Mode::Int8;
+        let (qw, ew) = quantize_weight_columns(&ws, k, n, eight)?;
+        let unit = if eight { 16 } else { 0 };
+        let scales: Vec<f64> = ew.iter().map(|&e| pow2(ex + e + unit)).collect();
+        self.run_scaled(
+            xq,
+            CodeMatrix::row_major(&qw, k, n)?,
+            self.cfg.forward_mode,
+            &scales,
+            &mut y,
+        )
+    }
+
+    /// Raw GEMM (split to the command limits when needed) dequantized into `y` with one scale per
+    /// column; fused in the backend when it is one command into a contiguous output.
+    fn run_scaled(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        scales: &[f64],
+        y: &mut ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        let (ms, ns) = self.split_limits();
+        if m > 0 && n > 0 && k > 0 && n <= ns && k <= DIM_K_MAX {
+            if let Some(ys) = y.as_slice_mut() {
+                // Row blocks are independent commands (as `run_raw` splits them) whose outputs are
+                // contiguous rows of `y`.
+                for r0 in (0..m).step_by(ms) {
+                    let r1 = (r0 + ms).min(m);
+                    self.accel.gemm_scaled(
+                        a.sub(r0, r1, 0, k),
+                        b,
+                        mode,
+                        scales,
+                        &mut ys[r0 * n..r1 * n],
+                    )?;
+                }
+                return Ok(());
+            }
+        }
+        let mut acc = std::mem::take(&mut self.acc);
+        acc.resize(m * n, 0);
+        let r = self.run_raw(a, b, mode, &mut acc);
+        if r.is_ok() {
+            write_scaled(y, &acc, scales);
+        }
+        self.acc = acc;
+        r
+    }
+
     fn backward_data_impl(
         &mut self,
         layer: &str,
@@ -372,21 +557,18 @@ impl<A: Accelerator> AccelGemm<A> {
         let edy = self.quantize_grad(layer, &dys, &mut qa);
         let mut qw = std::mem::take(&mut self.qb);
         let ew = quantize_par(&ws, &mut qw, false);
-        let mut acc = std::mem::take(&mut self.acc);
-        acc.resize(m * k, 0);
         // B = wᵀ, [N, K]: a transposed view of the row-major [K, N] codes.
-        let r = self.run_raw(
-            CodeMatrix::row_major(&qa, m, n)?,
-            CodeMatrix::row_major(&qw, k, n)?.t(),
-            Mode::Int16,
-            &mut acc,
-        );
-        if r.is_ok() {
-            write_scaled(&mut dx, &acc, &vec![pow2(edy + ew); k]);
-        }
+        let r = (|| {
+            self.run_scaled(
+                CodeMatrix::row_major(&qa, m, n)?,
+                CodeMatrix::row_major(&qw, k, n)?.t(),
+                Mode::Int16,
+                &vec![pow2(edy + ew); k],
+                &mut dx,
+            )
+        })();
         self.qa = qa;
         self.qb = qw;
-        self.acc = acc;
         r
     }
 
@@ -395,7 +577,7 @@ impl<A: Accelerator> AccelGemm<A> {
         layer: &str,
         x: ArrayView2<'_, f32>,
         dy: ArrayView2<'_, f32>,
-        mut dw: ArrayViewMut2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
     ) -> Result<(), AccelError> {
         check_shapes(
             "backward_weight",
@@ -406,27 +588,37 @@ impl<A: Accelerator> AccelGemm<A> {
             (x.ncols(), dy.ncols()),
         )?;
         let (m, k) = x.dim();
-        let n = dy.ncols();
         let xs = contiguous(&x);
-        let dys = contiguous(&dy);
         let mut qa = std::mem::take(&mut self.qa);
         let ex = quantize_par(&xs, &mut qa, false);
+        let r = CodeMatrix::row_major(&qa, m, k)
+            .and_then(|xq| self.backward_weight_codes(layer, xq, ex, dy, dw));
+        self.qa = qa;
+        r
+    }
+
+    /// The weight gradient from the codes of `x` (`[M, K]`, per tensor, exponent `ex`); shapes
+    /// already checked.
+    fn backward_weight_codes(
+        &mut self,
+        layer: &str,
+        xq: CodeMatrix<'_>,
+        ex: i32,
+        dy: ArrayView2<'_, f32>,
+        mut dw: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        let (m, k) = (xq.rows(), xq.cols());
+        let n = dy.ncols();
+        let dys = contiguous(&dy);
         let mut qb = std::mem::take(&mut self.qb);
         let edy = self.quantize_grad(layer, &dys, &mut qb);
         // A = xᵀ, [K, M]; B = dy, [M, N].
         let r = (|| {
-            let a = CodeMatrix::row_major(&qa, m, k)?.t();
+            let a = xq.t();
             let b = CodeMatrix::row_major(&qb, m, n)?;
             match self.cfg.backward_weight {
                 BackwardWeight::Int16 => {
-                    let mut acc = std::mem::take(&mut self.acc);
-                    acc.resize(k * n, 0);
-                    let r = self.run_raw(a, b, Mode::Int16, &mut acc);
-                    if r.is_ok() {
-                        write_scaled(&mut dw, &acc, &vec![pow2(ex + edy); n]);
-                    }
-                    self.acc = acc;
-                    r
+                    self.run_scaled(a, b, Mode::Int16, &vec![pow2(ex + edy); n], &mut dw)
                 }
                 BackwardWeight::Psg { threshold, pred } => {
                     let unit_exp = ex + edy + 16;
@@ -456,7 +648,6 @@ impl<A: Accelerator> AccelGemm<A> {
                 }
             }
         })();
-        self.qa = qa;
         self.qb = qb;
         r
     }
@@ -632,6 +823,46 @@ fn check_shapes(
         return Err(AccelError::LayerShapes { op, lhs, rhs, out });
     }
     Ok(())
+}
+
+/// Weights `[k, n]` quantized per output column (16-bit codes or 8-bit tensors).
+fn quantize_weight_columns(
+    ws: &[f32],
+    k: usize,
+    n: usize,
+    eight: bool,
+) -> Result<(Vec<i16>, Vec<i32>), AccelError> {
+    if eight {
+        quantize_columns_8bit(ws, k, n)
+    } else {
+        quantize_columns(ws, k, n)
+    }
+    .ok_or(AccelError::View {
+        rows: k,
+        cols: n,
+        row_stride: n,
+        col_stride: 1,
+        len: ws.len(),
+    })
+}
+
+/// The im2col matrix shape of a convolution call, after checking the input length and geometry.
+fn conv_matrix(
+    op: &'static str,
+    x: &[f32],
+    g: &Im2colGeom,
+    rhs: (usize, usize),
+    out: (usize, usize),
+) -> Result<(usize, usize), AccelError> {
+    match g.matrix() {
+        Some(mk) if x.len() == g.input_len() => Ok(mk),
+        _ => Err(AccelError::LayerShapes {
+            op,
+            lhs: (g.n * g.h * g.w, g.c),
+            rhs,
+            out,
+        }),
+    }
 }
 
 /// The block's threshold for this step (see the module doc).
@@ -1094,6 +1325,93 @@ mod tests {
         e.forward("empty", x0.view(), w0.view(), y0.view_mut());
         assert!(e.take_error().is_none());
         assert_eq!(e.counters().gemms, before);
+    }
+
+    #[test]
+    fn conv_paths_equal_the_im2col_gemms_bit_for_bit() {
+        use crate::conv::im2col_f32;
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        let cfgs = [
+            AccelGemmConfig::baseline(),
+            AccelGemmConfig::psg(PsgThreshold::Absolute(1e-3)),
+            AccelGemmConfig::psg(PsgThreshold::Adaptive(0.05)),
+        ];
+        for (case, (k, stride, pad)) in [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)]
+            .into_iter()
+            .enumerate()
+        {
+            let g = Im2colGeom {
+                n: 3,
+                h: 7,
+                w: 6,
+                c: 5,
+                k,
+                stride,
+                pad,
+            };
+            let (m, kk) = g.matrix().unwrap();
+            let cout = 6;
+            let mut x: Vec<f32> = (0..g.input_len())
+                .map(|_| (rng.random::<f32>() - 0.3) * 2.0)
+                .collect();
+            x[((g.h + 1) * g.w + 1) * g.c] = 50.0; // unread by strided 1x1 kernels
+            let cols = Array2::from_shape_vec((m, kk), im2col_f32(&x, &g)).unwrap();
+            let w = rand_mat(&mut rng, kk, cout, 0.5);
+            let dy = rand_mat(&mut rng, m, cout, 1e-2);
+            for cfg in cfgs {
+                let (mut plain, mut conv) = (engine(cfg), engine(cfg));
+                for step in 0..2 {
+                    let mut y1 = Array2::zeros((m, cout));
+                    let mut y2 = Array2::zeros((m, cout));
+                    plain.forward("c", cols.view(), w.view(), y1.view_mut());
+                    let codes = conv.conv_forward(&x, g, w.view(), y2.view_mut());
+                    assert_eq!(y1, y2, "case {case} {cfg:?} step {step}");
+                    let mut d1 = Array2::zeros((kk, cout));
+                    let mut d2 = Array2::zeros((kk, cout));
+                    plain.backward_weight("c", cols.view(), dy.view(), d1.view_mut());
+                    conv.conv_backward_weight("c", &x, g, codes, dy.view(), d2.view_mut());
+                    assert_eq!(d1, d2, "case {case} {cfg:?} step {step}");
+                    // Without the forward's codes (or with codes of another shape) as well.
+                    conv.conv_backward_weight("c2", &x, g, None, dy.view(), d2.view_mut());
+                    plain.backward_weight("c2", cols.view(), dy.view(), d1.view_mut());
+                    assert_eq!(d1, d2);
+                }
+                assert!(plain.take_error().is_none() && conv.take_error().is_none());
+                assert_eq!(plain.counters(), conv.counters());
+                assert_eq!(plain.take_psg_stats(), conv.take_psg_stats());
+            }
+        }
+        // A geometry that does not match the input is an error that zeroes the output.
+        let mut e = engine(AccelGemmConfig::baseline());
+        let g = Im2colGeom {
+            n: 1,
+            h: 4,
+            w: 4,
+            c: 2,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let w = Array2::<f32>::ones((18, 2));
+        let mut y = Array2::from_elem((16, 2), 3.0f32);
+        assert!(
+            e.conv_forward(&[1.0; 31], g, w.view(), y.view_mut())
+                .is_none()
+        );
+        assert!(matches!(
+            e.take_error(),
+            Some(AccelError::LayerShapes {
+                op: "conv_forward",
+                ..
+            })
+        ));
+        assert!(y.iter().all(|&v| v == 0.0));
+        let bad = Im2colGeom { k: 9, ..g };
+        assert!(
+            e.conv_forward(&[1.0; 32], bad, w.view(), y.view_mut())
+                .is_none()
+        );
+        assert!(e.take_error().is_some());
     }
 
     #[test]

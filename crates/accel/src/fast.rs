@@ -8,14 +8,22 @@
 //!
 //! K is cut into chunks within these limits; each chunk's float sums are converted to i64 and added
 //! with wrapping arithmetic, then reduced to 48 bits at the end (addition modulo 2^48 does not
-//! depend on order, so this equals the golden per-MAC wrap). Work is split into row blocks (and K
-//! ranges when there are few rows) run in parallel with rayon; each block converts its slice of A
-//! into a small column-major buffer that stays in cache.
+//! depend on order, so this equals the golden per-MAC wrap). The reduction is skipped when
+//! `K x max|product| < 2^47` (INT16: K < 2^17; INT8: any K the command allows), because then no sum
+//! can leave the 48-bit range and the wrap is the identity. With [`Out::Scaled`] the exact float
+//! sums are dequantized straight into fp32 when each is one float sum that cannot wrap (otherwise
+//! raw accumulators are formed first), which equals scaling the raw accumulators.
+//!
+//! Work is split into row blocks (and K ranges when there are few rows) run in parallel with rayon;
+//! each block converts its slice of A into a small buffer (per-thread, reused) that stays in cache.
+//! With few rows and a long K (weight gradients) one block holds all rows, so A is read once.
+//! Results do not depend on the split: integer sums are exact and combined with wrapping adds.
 
 use crate::matrix::CodeMatrix;
 use e2t_numerics::{high_byte_nearest, wrap48};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::Cell;
 
 /// How a code becomes a multiplicand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,9 +39,17 @@ pub(crate) enum Operand {
 pub(crate) trait Flt: Copy + Send + Sync + Default + 'static {
     fn of(v: i32) -> Self;
     fn int(self) -> i64;
+    fn to_f64(self) -> f64;
+    /// This thread's scratch buffers (see [`Scratch`]).
+    fn scratch() -> &'static std::thread::LocalKey<Scratch<Self>>;
     /// Most products whose sum is exact.
     const KMAX: usize;
 }
+
+/// A thread's two block buffers, kept across blocks so they are neither allocated nor zeroed per
+/// block (every use writes before it reads). A block takes them out of the slot while it runs, so a
+/// nested block on the same thread (a rayon worker stealing work while waiting) gets fresh ones.
+pub(crate) type Scratch<T> = Cell<(Vec<T>, Vec<T>)>;
 
 /// 1.5 * 2^52: for an integer-valued |v| < 2^51, the bits of `v + MAGIC` minus the bits of `MAGIC`
 /// are `v` as i64. Unlike `as`, this vectorizes without AVX-512.
@@ -53,6 +69,16 @@ impl Flt for f32 {
     fn int(self) -> i64 {
         f64_to_i64_exact(self as f64)
     }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn scratch() -> &'static std::thread::LocalKey<Scratch<Self>> {
+        thread_local! {
+            static S: Scratch<f32> = const { Cell::new((Vec::new(), Vec::new())) };
+        }
+        &S
+    }
     // 1024 * 2^14 = 2^24: the f32 limit of exact integers.
     const KMAX: usize = 1024;
 }
@@ -66,6 +92,16 @@ impl Flt for f64 {
     fn int(self) -> i64 {
         f64_to_i64_exact(self)
     }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn scratch() -> &'static std::thread::LocalKey<Scratch<Self>> {
+        thread_local! {
+            static S: Scratch<f64> = const { Cell::new((Vec::new(), Vec::new())) };
+        }
+        &S
+    }
     // 2^20 * 2^30 = 2^50: exact in f64 and within the range of `f64_to_i64_exact`.
     const KMAX: usize = 1 << 20;
 }
@@ -74,30 +110,77 @@ impl Flt for f64 {
 const ABUF_ELEMS: usize = 1 << 15;
 /// Longest K piece converted at once.
 const KSUB_MAX: usize = 1024;
+/// Shortest K piece of the few-rows layout.
+const KSUB_MIN: usize = 64;
+/// Most rows handled as one block when K is long.
+const WIDE_M_MAX: usize = 1024;
 /// Shortest K range worth a task of its own.
 const KSPLIT_MIN: usize = 256;
 
 /// `out[m,n] = A[m,k] · B[k,n]` with 48-bit wrapping accumulators, exactly. `out` is row-major and
 /// must hold `m * n` entries (checked by the caller).
 pub(crate) fn gemm_exact(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out: &mut [i64]) {
-    debug_assert_eq!(a.cols(), b.rows());
-    debug_assert_eq!(out.len(), a.rows() * b.cols());
-    match op {
-        Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, out),
-        Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, out),
-        Operand::HighNearest => run::<f32, _, _>(a, b, |c| high_byte_nearest(c) as i32, out),
+    gemm_exact_to(a, b, op, Out::Raw(out));
+}
+
+/// Where a GEMM's exact result goes.
+pub(crate) enum Out<'o> {
+    /// 48-bit accumulators (sign-extended), row-major `[m, n]`.
+    Raw(&'o mut [i64]),
+    /// Dequantized on the way out: `out[i,j] = (acc[i,j] as f64 * scale[j]) as f32`, the same
+    /// as writing raw accumulators and scaling them afterwards.
+    Scaled {
+        out: &'o mut [f32],
+        scale: &'o [f64],
+    },
+}
+
+impl Out<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Out::Raw(o) => o.len(),
+            Out::Scaled { out, .. } => out.len(),
+        }
     }
 }
 
-/// [`gemm_exact`] with an fp32 left operand quantized on the fly (see [`F32Lhs`]); the result equals
-/// quantizing first and calling [`gemm_exact`] on the codes.
-pub(crate) fn gemm_exact_f32(a: F32Lhs<'_>, b: CodeMatrix<'_>, op: Operand, out: &mut [i64]) {
+/// [`gemm_exact`] into any [`Out`].
+pub(crate) fn gemm_exact_to(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
+    debug_assert_eq!(a.cols(), b.rows());
+    debug_assert_eq!(out.len(), a.rows() * b.cols());
+    match op {
+        Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, op, out),
+        Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, op, out),
+        Operand::HighNearest => run::<f32, _, _>(a, b, |c| high_byte_nearest(c) as i32, op, out),
+    }
+}
+
+/// [`gemm_exact_to`] with an fp32 left operand quantized on the fly (see [`F32Lhs`]); the result
+/// equals quantizing first and calling [`gemm_exact`] on the codes.
+pub(crate) fn gemm_exact_f32(a: F32Lhs<'_>, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     debug_assert_eq!(a.data.len(), a.rows * a.cols);
     debug_assert_eq!(a.cols, b.rows());
     match op {
-        Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, out),
-        Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, out),
-        Operand::HighNearest => run::<f32, _, _>(a, b, |c| high_byte_nearest(c) as i32, out),
+        Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, op, out),
+        Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, op, out),
+        Operand::HighNearest => run::<f32, _, _>(a, b, |c| high_byte_nearest(c) as i32, op, out),
+    }
+}
+
+impl Operand {
+    /// Largest |product| of two multiplicands: (-32768)^2 in INT16; (-128)^2 for high bytes
+    /// (`code >> 8` and [`high_byte_nearest`] both lie in -128..=127).
+    fn max_product(self) -> u128 {
+        match self {
+            Operand::Full => 1 << 30,
+            Operand::HighFloor | Operand::HighNearest => 1 << 14,
+        }
+    }
+
+    /// True when no sum of `k` products can leave the 48-bit range [-2^47, 2^47): then the 48-bit
+    /// wrap is the identity and the exact sum is the accumulator.
+    pub(crate) fn never_wraps(self, k: usize) -> bool {
+        (k as u128) * self.max_product() < (1u128 << 47)
     }
 }
 
@@ -153,17 +236,34 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
     a: L,
     b: CodeMatrix<'_>,
     conv: F,
-    out: &mut [i64],
+    op: Operand,
+    out: Out<'_>,
 ) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    out.fill(0);
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        match out {
+            Out::Raw(o) => o.fill(0),
+            Out::Scaled { out, .. } => out.fill(0.0),
+        }
         return;
     }
     let bf = FloatB::<T>::new(b, &conv);
     let threads = rayon::current_num_threads().max(1);
-    let ksub = k.min(KSUB_MAX).min(T::KMAX);
-    let mb = ((ABUF_ELEMS / ksub) / 16 * 16).max(16).min(m);
+    let (mb, ksub) = if m <= WIDE_M_MAX && k > KSUB_MAX {
+        // Few rows and a long K (weight gradients: A is a transposed patch matrix): one block of
+        // all rows with short K pieces, so A is streamed once instead of once per row block.
+        let ksub = (ABUF_ELEMS / m)
+            .clamp(KSUB_MIN, KSUB_MAX)
+            .min(T::KMAX)
+            .min(k);
+        (m, ksub)
+    } else {
+        let ksub = k.min(KSUB_MAX).min(T::KMAX);
+        (((ABUF_ELEMS / ksub) / 16 * 16).max(16).min(m), ksub)
+    };
     let nb = m.div_ceil(mb);
     let target = 4 * threads;
     let ks = if nb >= target {
@@ -172,39 +272,87 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
         target.div_ceil(nb).min(k.div_ceil(KSPLIT_MIN)).max(1)
     };
     let klen = k.div_ceil(ks);
+    let no_wrap = op.never_wraps(k);
 
-    if ks == 1 {
-        out.par_chunks_mut(mb * n)
-            .enumerate()
-            .for_each(|(bi, dst)| {
-                let r0 = bi * mb;
-                let r1 = (r0 + mb).min(m);
-                block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, dst);
-            });
-    } else {
-        let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
-            .into_par_iter()
-            .filter_map(|t| {
-                let (bi, si) = (t / ks, t % ks);
-                let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
-                let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
-                if k0 >= k1 {
-                    return None;
+    // Scaled output straight from the float sums: only when each entry is one exact float sum
+    // (one K task, K within the float's exact range) that cannot wrap, so it equals the raw
+    // accumulator. Otherwise raw accumulators first, then the scaling.
+    let out = match out {
+        Out::Scaled { out, scale } if !(ks == 1 && k <= T::KMAX && no_wrap) => {
+            let mut raw = vec![0i64; m * n];
+            run::<T, F, L>(a, b, conv, op, Out::Raw(&mut raw));
+            for (orow, rrow) in out.chunks_exact_mut(n).zip(raw.chunks_exact(n)) {
+                for ((o, &r), &s) in orow.iter_mut().zip(rrow).zip(scale) {
+                    *o = (r as f64 * s) as f32;
                 }
-                let mut dst = vec![0i64; (r1 - r0) * n];
-                block::<T, F, L>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), &mut dst);
-                Some((bi, dst))
-            })
-            .collect();
-        for (bi, dst) in partials {
-            let base = bi * mb * n;
-            for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
-                *o = o.wrapping_add(v);
+            }
+            return;
+        }
+        o => o,
+    };
+
+    match out {
+        Out::Raw(out) => {
+            if ks == 1 {
+                out.par_chunks_mut(mb * n)
+                    .enumerate()
+                    .for_each(|(bi, dst)| {
+                        let r0 = bi * mb;
+                        let r1 = (r0 + mb).min(m);
+                        let d = Dst::Assign(dst);
+                        block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, d);
+                    });
+            } else {
+                let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
+                    .into_par_iter()
+                    .filter_map(|t| {
+                        let (bi, si) = (t / ks, t % ks);
+                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
+                        let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
+                        if k0 >= k1 {
+                            return None;
+                        }
+                        let mut dst = vec![0i64; (r1 - r0) * n];
+                        let d = Dst::Assign(&mut dst);
+                        block::<T, F, L>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), d);
+                        Some((bi, dst))
+                    })
+                    .collect();
+                out.fill(0);
+                for (bi, dst) in partials {
+                    let base = bi * mb * n;
+                    for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
+                        *o = o.wrapping_add(v);
+                    }
+                }
+            }
+            if !no_wrap {
+                // Sums may have left 48 bits: reduce (addition modulo 2^48 does not depend on
+                // order, so this equals the golden per-MAC wrap).
+                out.par_chunks_mut(1 << 14)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
             }
         }
+        Out::Scaled { out, scale } => {
+            // ks == 1, k <= KMAX and no wrap (checked above).
+            out.par_chunks_mut(mb * n)
+                .enumerate()
+                .for_each(|(bi, dst)| {
+                    let r0 = bi * mb;
+                    let r1 = (r0 + mb).min(m);
+                    let d = Dst::Scale(dst, scale);
+                    block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, d);
+                });
+        }
     }
-    out.par_chunks_mut(1 << 14)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
+}
+
+/// Where a block's sums go.
+enum Dst<'d> {
+    /// Row-major `[rows, n]` accumulators; the block's first flush assigns, later ones add.
+    Assign(&'d mut [i64]),
+    /// Row-major `[rows, n]` floats scaled per column; the block holds one exact sum per entry.
+    Scale(&'d mut [f32], &'d [f64]),
 }
 
 /// Rows `r0..r1`, K range `k0..k1`, added (wrapping) into `dst` (row-major `[r1 - r0, n]`).
@@ -219,7 +367,7 @@ fn block<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
     k0: usize,
     k1: usize,
     ksub: usize,
-    dst: &mut [i64],
+    dst: Dst<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
@@ -241,7 +389,7 @@ fn block_avx2<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
     k0: usize,
     k1: usize,
     ksub: usize,
-    dst: &mut [i64],
+    dst: Dst<'_>,
 ) {
     block_body(a, bf, conv, r0, r1, k0, k1, ksub, dst)
 }
@@ -257,22 +405,62 @@ fn block_body<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
     k0: usize,
     k1: usize,
     ksub: usize,
-    dst: &mut [i64],
+    dst: Dst<'_>,
 ) {
     let rows = r1 - r0;
+    // `abuf`: the A slice as floats; `tmp`: the row-major result block, so the flush into `dst` is
+    // a straight (vectorizable) loop. `tmp` is only read after the first GEMM call overwrote it.
+    // No closure here: it would be compiled without the caller's AVX2 features.
+    let (mut abuf, mut tmp) = T::scratch().with(|c| c.take());
+    if abuf.len() < rows * ksub {
+        abuf.resize(rows * ksub, T::default());
+    }
+    if tmp.len() < rows * bf.n {
+        tmp.resize(rows * bf.n, T::default());
+    }
+    block_run(
+        a,
+        bf,
+        conv,
+        r0,
+        rows,
+        k0,
+        k1,
+        ksub,
+        dst,
+        &mut abuf[..rows * ksub],
+        &mut tmp[..rows * bf.n],
+    );
+    T::scratch().with(|c| c.set((abuf, tmp)));
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_run<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
+    a: &L,
+    bf: &FloatB<T>,
+    conv: &F,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    k1: usize,
+    ksub: usize,
+    mut dst: Dst<'_>,
+    abuf: &mut [T],
+    tmp: &mut [T],
+) {
     let n = bf.n;
-    let mut abuf = vec![T::default(); rows * ksub];
-    // Row-major result block, so the flush into `dst` is a straight (vectorizable) loop.
-    let mut tmp = vec![T::default(); rows * n];
     let mut summed = 0usize; // products per entry currently held in `tmp`
+    let mut flushed = false; // `dst` holds a first flush
     let mut kk = k0;
     while kk < k1 {
         let kc = ksub.min(k1 - kk);
         if summed + kc > T::KMAX {
-            flush(&tmp, dst);
+            flush(tmp, &mut dst, flushed);
+            flushed = true;
             summed = 0;
         }
-        let (a_cs, a_rs) = a.fill(conv, r0, rows, kk, kc, &mut abuf);
+        let (a_cs, a_rs) = a.fill(conv, r0, rows, kk, kc, abuf);
         let (bptr, b_cs, b_rs) = bf.at(kk);
         // SAFETY: every pointer covers the region the call reads or writes: `tmp` is rows x n
         // row-major (cs = 1, rs = n), `abuf` holds rows x kc with the strides `fill_a` returned,
@@ -304,15 +492,35 @@ fn block_body<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
         summed += kc;
         kk += kc;
     }
-    if summed > 0 {
-        flush(&tmp, dst);
+    if summed > 0 || !flushed {
+        flush(tmp, &mut dst, flushed);
     }
 }
 
 #[inline(always)]
-fn flush<T: Flt>(tmp: &[T], dst: &mut [i64]) {
-    for (d, &t) in dst.iter_mut().zip(tmp) {
-        *d = d.wrapping_add(t.int());
+fn flush<T: Flt>(tmp: &[T], dst: &mut Dst<'_>, add: bool) {
+    match dst {
+        Dst::Assign(d) if add => {
+            for (d, &t) in d.iter_mut().zip(tmp) {
+                *d = d.wrapping_add(t.int());
+            }
+        }
+        Dst::Assign(d) => {
+            for (d, &t) in d.iter_mut().zip(tmp) {
+                *d = t.int();
+            }
+        }
+        Dst::Scale(d, scale) => {
+            debug_assert!(!add, "a scaled block holds one sum per entry");
+            for (drow, trow) in d
+                .chunks_exact_mut(scale.len())
+                .zip(tmp.chunks_exact(scale.len()))
+            {
+                for ((d, &t), &s) in drow.iter_mut().zip(trow).zip(scale.iter()) {
+                    *d = (t.to_f64() * s) as f32;
+                }
+            }
+        }
     }
 }
 

@@ -10,13 +10,19 @@
 //!   (the cycle formula of `rtl/README.md` with streams that never stall).
 //! - [`AccelGemm`]: the `e2t_nn::GemmEngine` that runs a layer's three GEMMs on an [`Accelerator`]:
 //!   quantizes fp32 tensors to codes with power-of-two scales, splits GEMMs to the command limits,
-//!   dequantizes, applies PSG to weight gradients and keeps per-layer PSG statistics.
+//!   dequantizes, applies PSG to weight gradients and keeps per-layer PSG statistics. For
+//!   convolutions it also takes the NHWC input directly ([`AccelGemm::conv_forward`],
+//!   [`AccelGemm::conv_backward_weight`]): the input is quantized once and its codes gathered into
+//!   the im2col matrix (identical codes, exponent and counters to quantizing the fp32 matrix), and
+//!   the forward's codes are reused for the weight gradient when they are the 16-bit ones it needs.
 
+mod conv;
 mod engine;
 mod fast;
 mod matrix;
 mod soft;
 
+pub use conv::{ConvCodes, Im2colGeom};
 pub use engine::{
     AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, GradRounding, LayerPsgState,
 };
@@ -175,6 +181,38 @@ pub trait Accelerator: Send {
     ) -> Result<(), AccelError> {
         let q = a.quantize()?;
         self.gemm(CodeMatrix::row_major(&q, a.rows, a.cols)?, b, mode, out)
+    }
+
+    /// [`Accelerator::gemm`] with raw 48-bit output, dequantized on the host as it arrives:
+    /// `out[i,j] = (acc[i,j] as f64 * col_scale[j]) as f32`, row-major `[m, n]`, one scale per
+    /// column. The default runs the raw command, then scales; a backend may fuse the two but must
+    /// give the same results and counters. A `col_scale` of the wrong length is a host-side error
+    /// (no command).
+    fn gemm_scaled(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        col_scale: &[f64],
+        out: &mut [f32],
+    ) -> Result<(), AccelError> {
+        if col_scale.len() != b.cols() {
+            return Err(AccelError::Output {
+                got: col_scale.len(),
+                expected: b.cols(),
+            });
+        }
+        let mut acc = vec![0i64; out.len()];
+        self.gemm(a, b, mode, GemmOut::Raw(&mut acc))?;
+        for (orow, arow) in out
+            .chunks_exact_mut(col_scale.len())
+            .zip(acc.chunks_exact(col_scale.len()))
+        {
+            for ((o, &v), &s) in orow.iter_mut().zip(arow).zip(col_scale) {
+                *o = (v as f64 * s) as f32;
+            }
+        }
+        Ok(())
     }
 
     /// Predictive sign GEMM (`OP_PSG`): INT8 prediction per tile, `|P| < threshold` marks an entry

@@ -1,6 +1,6 @@
 //! The soft accelerator: bit-exact results from the fast exact GEMM, counters from the cycle model.
 
-use crate::fast::{F32Lhs, Operand, gemm_exact, gemm_exact_f32};
+use crate::fast::{F32Lhs, Operand, Out, gemm_exact, gemm_exact_f32, gemm_exact_to};
 use crate::{
     AccelError, Accelerator, ArrayShape, CodeMatrix, F32Operand, GemmOut, PsgReport, check_command,
     check_dims,
@@ -144,7 +144,54 @@ impl Accelerator for SoftAccel {
             exp: a.exp,
             eight: a.eight_bit,
         };
-        self.gemm_with(dims, mode, out, |op, acc| gemm_exact_f32(lhs, b, op, acc))
+        self.gemm_with(dims, mode, out, |op, acc| {
+            gemm_exact_f32(lhs, b, op, Out::Raw(acc))
+        })
+    }
+
+    fn gemm_scaled(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        col_scale: &[f64],
+        out: &mut [f32],
+    ) -> Result<(), AccelError> {
+        if col_scale.len() != b.cols() {
+            return Err(AccelError::Output {
+                got: col_scale.len(),
+                expected: b.cols(),
+            });
+        }
+        let (m, k, n) = match check_command(&a, &b, out.len()) {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        let op = match mode {
+            Mode::Int16 => Operand::Full,
+            Mode::Int8 => Operand::HighFloor,
+        };
+        gemm_exact_to(
+            a,
+            b,
+            op,
+            Out::Scaled {
+                out,
+                scale: col_scale,
+            },
+        );
+        // The command is a raw-output GEMM; the scaling is host work.
+        let d = cycles::gemm_counters(
+            m as u64,
+            k as u64,
+            n as u64,
+            mode,
+            OutFmt::Raw48,
+            self.cycle_shape(),
+        )
+        .map_err(|e| AccelError::Cycles(e.to_string()))?;
+        self.live.accumulate(&d);
+        Ok(())
     }
 
     fn psg(
@@ -355,6 +402,61 @@ mod tests {
                 assert!(s.iter().zip(&golden).all(|(&s, &g)| s as i64 == g.signum()));
             }
         }
+    }
+
+    #[test]
+    fn scaled_output_equals_raw_then_scale() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0005);
+        // (m, k, n): plain, INT8 past the f32 exact range (raw fallback), few rows (split K), and
+        // an INT16 K long enough that extreme codes wrap 48 bits.
+        let shapes = [(37, 19, 6), (9, 1500, 5), (3, 5000, 4), (1, 140_000, 2)];
+        for (case, &(m, k, n)) in shapes.iter().enumerate() {
+            let kind = if case == 3 { 2 } else { case as u32 % 3 };
+            let mut a = codes(&mut rng, m * k, kind);
+            let mut b = codes(&mut rng, k * n, kind);
+            if case == 3 {
+                a.fill(-32768);
+                b.fill(-32768);
+            }
+            let am = CodeMatrix::row_major(&a, m, k).unwrap();
+            let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+            let scale: Vec<f64> = (0..n).map(|j| f64::powi(2.0, j as i32 - 20)).collect();
+            for mode in [Mode::Int16, Mode::Int8] {
+                let golden = gemm_ref(&a, &b, m, k, n, mode).unwrap();
+                let want: Vec<f32> = golden
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| (v as f64 * scale[i % n]) as f32)
+                    .collect();
+                let mut fused = SoftAccel::new(4, 4).unwrap();
+                let mut out = vec![0f32; m * n];
+                fused.gemm_scaled(am, bm, mode, &scale, &mut out).unwrap();
+                assert_eq!(out, want, "case {case} {m}x{k}x{n} {mode:?}");
+                let mut raw = SoftAccel::new(4, 4).unwrap();
+                let mut acc = vec![0i64; m * n];
+                raw.gemm(am, bm, mode, GemmOut::Raw(&mut acc)).unwrap();
+                assert_eq!(fused.snapshot(), raw.snapshot());
+            }
+            if case == 3 {
+                assert!(
+                    gemm_ref(&a, &b, m, k, n, Mode::Int16).unwrap()[0] < 0,
+                    "the test sum wraps"
+                );
+            }
+        }
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let a = [1i16; 6];
+        let am = CodeMatrix::row_major(&a, 2, 3).unwrap();
+        let bm = CodeMatrix::row_major(&a, 3, 2).unwrap();
+        let mut out = [0f32; 4];
+        assert!(matches!(
+            acc.gemm_scaled(am, bm, Mode::Int16, &[1.0], &mut out),
+            Err(AccelError::Output {
+                got: 1,
+                expected: 2
+            })
+        ));
+        assert_eq!(acc.live_counters(), Counters::default(), "no command");
     }
 
     #[test]
@@ -708,12 +810,18 @@ mod tests {
         .unwrap();
         assert_eq!(q, vec![8; 16]);
         let s1 = acc.snapshot();
-        // rtl/README.md by hand: load 8 lanes x 2 beats + 8 busy + 3 flush + 4 rows x (1 + 1) + 2.
-        assert_eq!(
-            (s1.total_cycles, s1.busy_cycles, s1.macs_int16, s1.gemms),
-            (16 + 8 + 3 + 8 + 2, 8, 128, 1)
-        );
-        assert_eq!((s1.bytes_in, s1.bytes_out), (16 * 8, 4 * 8));
+        // The cycle model (rtl/README.md = `cycles.rs`) owns the figures; the soft model books them.
+        let want = cycles::gemm_counters(
+            4,
+            8,
+            4,
+            Mode::Int16,
+            OutFmt::Requant,
+            cycles::ArrayShape { rows: 4, cols: 4 },
+        )
+        .unwrap();
+        assert_eq!(s1, want);
+        assert_eq!((s1.macs_int16, s1.gemms), (128, 1));
         acc.clear_counters();
         assert_eq!(acc.live_counters(), Counters::default());
         assert_eq!(acc.snapshot(), Counters::default());

@@ -3,10 +3,14 @@
 //! Layers call [`Backend`] with a per-pass precision decision (forward mode, PSG on/off for the weight
 //! gradient); a backend maps that onto an `e2t_nn::GemmEngine` (fp32) or the soft accelerator.
 
-use e2t_accel::{AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, SoftAccel};
+use crate::layers::{im2col, rows};
+use e2t_accel::{
+    AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, ConvCodes, Im2colGeom, SoftAccel,
+};
 use e2t_core::{Counters, EngineConfig, EngineError, LayerPsgStats, Mode};
 use e2t_nn::GemmEngine;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array4, ArrayView2, ArrayViewMut2};
+use std::borrow::Cow;
 
 /// The GEMM service a model needs for one training step.
 pub trait Backend: Send {
@@ -36,6 +40,48 @@ pub trait Backend: Send {
         dw: ArrayViewMut2<'_, f32>,
         psg: bool,
     );
+    /// A convolution's forward from its NHWC input `x` (standard layout), weight `[k·k·Cin, Cout]`,
+    /// into `y` `[N·Ho·Wo, Cout]`: the same as [`Backend::forward`] on the im2col matrix. The
+    /// returned codes (if any) go back into [`Backend::conv_backward_weight`] for the same input.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward(
+        &mut self,
+        layer: &str,
+        x: &Array4<f32>,
+        geom: (usize, usize, usize),
+        w: ArrayView2<'_, f32>,
+        y: ArrayViewMut2<'_, f32>,
+        mode: Mode,
+    ) -> Option<ConvCodes> {
+        if geom == (1, 1, 0) {
+            self.forward(layer, rows(x), w, y, mode);
+        } else {
+            let cols = im2col(x, geom.0, geom.1, geom.2);
+            self.forward(layer, cols.view(), w, y, mode);
+        }
+        None
+    }
+    /// A convolution's weight gradient from its NHWC input: [`Backend::backward_weight`] on the
+    /// im2col matrix; `cached` is what [`Backend::conv_forward`] returned for `x`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_backward_weight(
+        &mut self,
+        layer: &str,
+        x: &Array4<f32>,
+        geom: (usize, usize, usize),
+        cached: Option<ConvCodes>,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+        psg: bool,
+    ) {
+        let _ = cached;
+        if geom == (1, 1, 0) {
+            self.backward_weight(layer, rows(x), dy, dw, psg);
+        } else {
+            let cols = im2col(x, geom.0, geom.1, geom.2);
+            self.backward_weight(layer, cols.view(), dy, dw, psg);
+        }
+    }
     /// Monotonic counters of the work done so far (all zero for fp32).
     fn counters(&mut self) -> Counters;
     /// PSG statistics per GEMM layer id since the last call.
@@ -222,6 +268,46 @@ impl Backend for AccelBackend {
         });
         self.gemm.backward_weight(layer, x, dy, dw);
     }
+    fn conv_forward(
+        &mut self,
+        layer: &str,
+        x: &Array4<f32>,
+        geom: (usize, usize, usize),
+        w: ArrayView2<'_, f32>,
+        y: ArrayViewMut2<'_, f32>,
+        mode: Mode,
+    ) -> Option<ConvCodes> {
+        let _ = layer; // forward GEMMs keep no per-layer state
+        self.gemm.set_config(AccelGemmConfig {
+            forward_mode: mode,
+            ..self.base
+        });
+        let xs = nhwc_slice(x);
+        self.gemm.conv_forward(&xs, im2col_geom(x, geom), w, y)
+    }
+    fn conv_backward_weight(
+        &mut self,
+        layer: &str,
+        x: &Array4<f32>,
+        geom: (usize, usize, usize),
+        cached: Option<ConvCodes>,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+        psg: bool,
+    ) {
+        let bw = if psg {
+            self.base.backward_weight
+        } else {
+            BackwardWeight::Int16
+        };
+        self.gemm.set_config(AccelGemmConfig {
+            backward_weight: bw,
+            ..self.base
+        });
+        let xs = nhwc_slice(x);
+        self.gemm
+            .conv_backward_weight(layer, &xs, im2col_geom(x, geom), cached, dy, dw);
+    }
     fn counters(&mut self) -> Counters {
         self.gemm.accel().live_counters()
     }
@@ -245,6 +331,27 @@ impl Backend for AccelBackend {
     }
     fn take_error(&mut self) -> Option<String> {
         AccelBackend::take_error(self)
+    }
+}
+
+/// An NHWC tensor's elements in standard order (borrowed when it is in standard layout).
+fn nhwc_slice(x: &Array4<f32>) -> Cow<'_, [f32]> {
+    match x.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+fn im2col_geom(x: &Array4<f32>, (k, stride, pad): (usize, usize, usize)) -> Im2colGeom {
+    let (n, h, w, c) = x.dim();
+    Im2colGeom {
+        n,
+        h,
+        w,
+        c,
+        k,
+        stride,
+        pad,
     }
 }
 

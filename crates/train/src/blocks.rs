@@ -136,7 +136,7 @@ impl Block for BasicBlock {
         let y = self.act1.forward(y, ctx);
         let y = self.conv2.forward(be, &y, ctx);
         let mut y = self.bn2.forward(y, ctx);
-        y += s.expect("BasicBlock body needs its shortcut");
+        add_assign(&mut y, s.expect("BasicBlock body needs its shortcut"));
         self.out_act.forward(y, ctx)
     }
     fn body_backward(
@@ -311,7 +311,7 @@ impl Block for InvertedResidual {
         let y = self.project.forward(be, &y, ctx);
         let mut y = self.bn_proj.forward(y, ctx);
         if let Some(s) = s {
-            y += s;
+            add_assign(&mut y, s);
         }
         y
     }
@@ -385,4 +385,9 @@ impl Block for InvertedResidual {
         f(&self.bn_dw);
         f(&self.bn_proj);
     }
+}
+
+/// `y += s`, element-wise in parallel (activation-sized; same result as the serial add).
+pub(crate) fn add_assign(y: &mut Array4<f32>, s: &Array4<f32>) {
+    ndarray::Zip::from(y).and(s).par_for_each(|a, &b| *a += b);
 }

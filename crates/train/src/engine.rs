@@ -113,6 +113,9 @@ impl E2TrainEngine {
     /// Builds model and optimizer on the given backend.
     pub fn with_backend(cfg: EngineConfig, backend: Box<dyn Backend>) -> Result<Self, EngineError> {
         validate_config(&cfg)?;
+        // Activations and patch matrices are freed and re-allocated every step: keep them in the
+        // process instead of paying page faults each time (see `e2t_nn::keep_freed_memory`).
+        e2t_nn::keep_freed_memory();
         if cfg.method.psg && !backend.supports_psg() {
             return Err(EngineError::Config(
                 "--psg needs a backend that predicts gradient signs (the accelerator)".into(),

@@ -5,6 +5,7 @@
 //! transpose, and a sub-batch (SLU's executed samples) is a plain row selection.
 
 use crate::backend::Backend;
+use e2t_accel::ConvCodes;
 use e2t_core::Mode;
 use ndarray::{Array1, Array2, Array4, ArrayView2, Axis, s};
 use rand::Rng;
@@ -226,7 +227,8 @@ pub struct Conv2d {
     pub stride: usize,
     pub pad: usize,
     pub w: Param,
-    cache: Option<Array4<f32>>,
+    /// The training forward's input and the backend's codes of it.
+    cache: Option<(Array4<f32>, Option<ConvCodes>)>,
 }
 
 impl Conv2d {
@@ -277,26 +279,16 @@ impl Conv2d {
         );
         let mut y = Array2::<f32>::zeros((n * ho * wo, self.cout));
         let id = self.id().to_string();
-        if self.is_pointwise() {
-            be.forward(
-                &id,
-                rows(x),
-                self.w.value.view(),
-                y.view_mut(),
-                ctx.fwd_mode,
-            );
-        } else {
-            let cols = im2col(x, self.k, self.stride, self.pad);
-            be.forward(
-                &id,
-                cols.view(),
-                self.w.value.view(),
-                y.view_mut(),
-                ctx.fwd_mode,
-            );
-        }
+        let codes = be.conv_forward(
+            &id,
+            x,
+            (self.k, self.stride, self.pad),
+            self.w.value.view(),
+            y.view_mut(),
+            ctx.fwd_mode,
+        );
         if ctx.train {
-            self.cache = Some(x.clone());
+            self.cache = Some((x.clone(), codes));
         }
         from_rows(y, n, ho, wo)
     }
@@ -308,22 +300,23 @@ impl Conv2d {
         need_dx: bool,
         psg: bool,
     ) -> Option<Array4<f32>> {
-        let x = self
+        let (x, codes) = self
             .cache
             .take()
             .expect("Conv2d::backward after a training forward");
         let id = self.id().to_string();
         let dy2 = rows(dy);
-        let cols_owned;
-        let cols = if self.is_pointwise() {
-            rows(&x)
-        } else {
-            cols_owned = im2col(&x, self.k, self.stride, self.pad);
-            cols_owned.view()
-        };
         if self.w.trainable {
             let mut dw = Array2::<f32>::zeros(self.w.value.dim());
-            be.backward_weight(&id, cols, dy2, dw.view_mut(), psg);
+            be.conv_backward_weight(
+                &id,
+                &x,
+                (self.k, self.stride, self.pad),
+                codes,
+                dy2,
+                dw.view_mut(),
+                psg,
+            );
             self.w.grad += &dw;
         }
         if !need_dx {

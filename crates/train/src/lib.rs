@@ -18,6 +18,7 @@
 
 pub mod ablation;
 pub mod backend;
+pub mod bench;
 pub mod blocks;
 pub mod engine;
 pub mod gate;
@@ -28,6 +29,9 @@ pub mod model;
 mod tests;
 
 pub use ablation::{ablation_presets, format_results_table};
+pub use bench::{
+    EngineBenchReport, bench_built_engine, bench_engine_config, bench_engine_train_step,
+};
 pub use engine::E2TrainEngine;
 
 use e2t_core::{EngineConfig, EngineError, ModelKind, Precision, StepEngine};

@@ -437,7 +437,7 @@ impl Network {
                     let (mut dx, ds) = block.body_backward(be, d, psg);
                     if has_shortcut {
                         let ds = ds.expect("a block with shortcut returns dL/ds");
-                        dx += &block.shortcut_backward(be, ds, psg);
+                        crate::blocks::add_assign(&mut dx, &block.shortcut_backward(be, ds, psg));
                     }
                     dx
                 }
