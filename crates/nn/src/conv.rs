@@ -8,13 +8,14 @@
 //! Forward caches only the input; backward rebuilds the patches in a shared scratch buffer (cheap
 //! next to the GEMMs, and it keeps memory to one patch matrix at a time).
 
-use crate::gemm::{Fp32Gemm, GemmEngine, ROW_BLOCK, gemm_serial};
+use crate::gemm::{Fp32Gemm, GemmEngine, gemm_serial};
 use crate::param::{Module, Param, TensorKind, TensorRef};
 use crate::scratch::{add_into, with_scratch};
 use ndarray::{Array1, Array2, Array4, ArrayView2, ArrayViewMut2, Axis};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Geometry of a convolution, independent of its weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +45,54 @@ impl ConvGeom {
     }
 }
 
+/// Calls `f::<S>` with the kernel-row span `S = kw·Cin` as a compile-time constant for the 3x3
+/// convolutions of a CIFAR ResNet (16/32/64 channels), `f::<0>` (runtime span) otherwise: the span
+/// copies and adds are then a few inlined vector moves instead of a `memcpy` call per span, which
+/// is most of im2col's cost at these sizes. Same operations in the same order either way.
+macro_rules! with_span {
+    ($span:expr, $f:ident ( $($a:expr),* )) => {
+        match $span {
+            48 => $f::<48>($($a),*),
+            96 => $f::<96>($($a),*),
+            192 => $f::<192>($($a),*),
+            _ => $f::<0>($($a),*),
+        }
+    };
+}
+
+/// `dst = src` for spans of `S` floats (`S = 0`: any length).
+#[inline(always)]
+fn copy_span<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    if S == 0 {
+        dst.copy_from_slice(src);
+    } else {
+        for (d, s) in dst[..S].chunks_exact_mut(8).zip(src[..S].chunks_exact(8)) {
+            let s: &[f32; 8] = s.try_into().expect("chunk of 8");
+            let d: &mut [f32; 8] = d.try_into().expect("chunk of 8");
+            *d = *s;
+        }
+    }
+}
+
+/// `dst += src` for spans of `S` floats (`S = 0`: any length).
+#[inline(always)]
+fn add_span<const S: usize>(dst: &mut [f32], src: &[f32]) {
+    if S == 0 {
+        add_into(dst, src);
+    } else {
+        for (d, s) in dst[..S].iter_mut().zip(&src[..S]) {
+            *d += *s;
+        }
+    }
+}
+
 /// Writes the patch rows of one image (`img`: `h x w x Cin`) into `out` (`[ho·wo, k]`).
 fn im2col_image(g: &ConvGeom, img: &[f32], h: usize, w: usize, out: &mut [f32]) {
+    with_span!(g.kw * g.in_ch, im2col_image_s(g, img, h, w, out))
+}
+
+#[inline(always)]
+fn im2col_image_s<const S: usize>(g: &ConvGeom, img: &[f32], h: usize, w: usize, out: &mut [f32]) {
     let (_, wo) = g.out_hw(h, w);
     let (c, k) = (g.in_ch, g.k());
     let span = g.kw * c;
@@ -62,7 +109,7 @@ fn im2col_image(g: &ConvGeom, img: &[f32], h: usize, w: usize, out: &mut [f32]) 
             let base = iy as usize * w;
             if ix0 >= 0 && ix0 as usize + g.kw <= w {
                 let s = (base + ix0 as usize) * c;
-                dst.copy_from_slice(&img[s..s + span]);
+                copy_span::<S>(dst, &img[s..s + span]);
             } else {
                 for kx in 0..g.kw {
                     let ix = ix0 + kx as isize;
@@ -81,6 +128,11 @@ fn im2col_image(g: &ConvGeom, img: &[f32], h: usize, w: usize, out: &mut [f32]) 
 
 /// Adds one image's patch gradients `src` (`[ho·wo, k]`) onto its input gradient `img`.
 fn col2im_image(g: &ConvGeom, src: &[f32], h: usize, w: usize, img: &mut [f32]) {
+    with_span!(g.kw * g.in_ch, col2im_image_s(g, src, h, w, img))
+}
+
+#[inline(always)]
+fn col2im_image_s<const S: usize>(g: &ConvGeom, src: &[f32], h: usize, w: usize, img: &mut [f32]) {
     let (_, wo) = g.out_hw(h, w);
     let (c, k) = (g.in_ch, g.k());
     let span = g.kw * c;
@@ -96,7 +148,7 @@ fn col2im_image(g: &ConvGeom, src: &[f32], h: usize, w: usize, img: &mut [f32]) 
             let base = iy as usize * w;
             if ix0 >= 0 && ix0 as usize + g.kw <= w {
                 let d = (base + ix0 as usize) * c;
-                add_into(&mut img[d..d + span], s);
+                add_span::<S>(&mut img[d..d + span], s);
             } else {
                 for kx in 0..g.kw {
                     let ix = ix0 + kx as isize;
@@ -140,10 +192,43 @@ fn col2im(g: &ConvGeom, dcols: &[f32], n: usize, h: usize, w: usize, dx: &mut [f
         .for_each(|(b, img)| col2im_image(g, &dcols[b * per..(b + 1) * per], h, w, img));
 }
 
-/// Images per fused block: about [`ROW_BLOCK`] patch rows, at least one image.
-/// (Measured on ResNet-8: blocks of ~1-2 MB of patches are as fast as any; 4-8 MB ones are slower.)
-fn images_per_block(rows_per_image: usize) -> usize {
-    (ROW_BLOCK / rows_per_image.max(1)).max(1)
+/// Patch rows per fused block, at most (about 0.6-2.3 MB of patches for 3x3 convs of 16-64 input
+/// channels). Measured per layer at batch 128 (`examples/profile_step.rs`, one thread): 1024 rows
+/// beat 2048 by 20-25% on the 7x7x64 convolutions and were on par elsewhere; 4096 was slower.
+const CONV_ROW_BLOCK: usize = 1024;
+
+/// Images per fused block for a batch of `n` images of `rows_per_image` patch rows each.
+///
+/// At most about [`CONV_ROW_BLOCK`] patch rows, and among those sizes the one whose blocks split
+/// most evenly over two workers: e.g. 128 images of 7x7 take 8 blocks of 16, not 6 of 20 and one
+/// of 8 (68 images' work on one worker against 60 on the other). The choice depends
+/// only on the shapes (never on the thread count), so results stay bit-identical for any number
+/// of threads.
+fn images_per_block(n: usize, rows_per_image: usize) -> usize {
+    let max_ipb = (CONV_ROW_BLOCK / rows_per_image.max(1)).max(1);
+    if n <= 1 {
+        return max_ipb;
+    }
+    // Makespan on two workers in units of one image, taking a whole block at a time.
+    let makespan = |ipb: usize| {
+        let full = n / ipb;
+        let rest = n % ipb;
+        let blocks: Vec<usize> = std::iter::repeat_n(ipb, full)
+            .chain((rest > 0).then_some(rest))
+            .collect();
+        let (mut a, mut b) = (0usize, 0usize);
+        for s in blocks {
+            if a <= b { a += s } else { b += s }
+        }
+        a.max(b)
+    };
+    // Largest block size that is within 2% of the best makespan (fewer, larger blocks amortise
+    // the per-call weight packing).
+    let best = (1..=max_ipb).map(makespan).min().unwrap_or(1);
+    (1..=max_ipb)
+        .rev()
+        .find(|&ipb| makespan(ipb) * 50 <= best * 51)
+        .unwrap_or(1)
 }
 
 /// Forward of the fp32 fast path: per block of whole images, im2col into this thread's scratch
@@ -161,7 +246,7 @@ fn fused_forward(
     if n == 0 || px == 0 {
         return;
     }
-    let ipb = images_per_block(px);
+    let ipb = images_per_block(n, px);
     let run = |(bi, yb): (usize, ArrayViewMut2<'_, f32>)| {
         let nb = yb.dim().0 / px;
         with_scratch(nb * px * k, |cols| {
@@ -210,12 +295,14 @@ fn fused_backward(
 ) -> Option<Array4<f32>> {
     let (ho, wo) = g.out_hw(h, w);
     let (k, px, img_in, cout) = (g.k(), ho * wo, h * w * g.in_ch, g.out_ch);
-    let mut dx = want_dx.then(|| Array4::<f32>::zeros((n, h, w, g.in_ch)));
     dw.fill(0.0);
     if n == 0 || px == 0 {
-        return dx;
+        return want_dx.then(|| Array4::<f32>::zeros((n, h, w, g.in_ch)));
     }
-    let ipb = images_per_block(px);
+    // Each block zeroes its own images of `dx` right before adding into them (in cache, in
+    // parallel) instead of a zero fill of the whole tensor up front.
+    let mut dx = want_dx.then(|| Array4::<f32>::uninit((n, h, w, g.in_ch)));
+    let ipb = images_per_block(n, px);
     let run = |bi: usize, dxb: Option<&mut [f32]>| -> Array2<f32> {
         let b0 = bi * ipb;
         let nb = ipb.min(n - b0);
@@ -256,18 +343,23 @@ fn fused_backward(
     };
     let nblocks = n.div_ceil(ipb);
     let serial = f.threads() == 1;
+    let zeroed = |c: &mut [MaybeUninit<f32>]| -> &mut [f32] {
+        c.fill(MaybeUninit::new(0.0));
+        // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has `f32`'s layout.
+        unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) }
+    };
     let parts: Vec<Array2<f32>> = match dx.as_mut() {
         Some(dx) => {
             let d = dx.as_slice_mut().expect("fresh array");
             if serial {
-                d.chunks_mut(ipb * img_in)
+                d.chunks_mut(ipb * img_in.max(1))
                     .enumerate()
-                    .map(|(bi, c)| run(bi, Some(c)))
+                    .map(|(bi, c)| run(bi, Some(zeroed(c))))
                     .collect()
             } else {
-                d.par_chunks_mut(ipb * img_in)
+                d.par_chunks_mut(ipb * img_in.max(1))
                     .enumerate()
-                    .map(|(bi, c)| run(bi, Some(c)))
+                    .map(|(bi, c)| run(bi, Some(zeroed(c))))
                     .collect()
             }
         }
@@ -278,9 +370,13 @@ fn fused_backward(
             .collect(),
     };
     for p in parts {
-        *dw += &p;
+        add_into(
+            dw.as_slice_mut().expect("contiguous"),
+            p.as_slice().expect("contiguous"),
+        );
     }
-    dx
+    // SAFETY: the chunks above cover all of `dx` and each was zeroed before use.
+    dx.map(|d| unsafe { d.assume_init() })
 }
 
 /// Views a standard-layout NHWC tensor as the `[N·H·W, C]` matrix it is in memory.
@@ -352,14 +448,52 @@ impl Conv2d {
         }
     }
 
-    /// `x` is NHWC `[N, H, W, Cin]`; returns `[N, Ho, Wo, Cout]`. In training mode the input is kept
-    /// for `backward`.
+    /// `x` is NHWC `[N, H, W, Cin]`; returns `[N, Ho, Wo, Cout]`. In training mode a copy of the
+    /// input is kept for `backward` (see [`Conv2d::forward_owned`] to hand it over instead).
     pub fn forward(
         &mut self,
         x: &Array4<f32>,
         gemm: &mut dyn GemmEngine,
         train: bool,
     ) -> Array4<f32> {
+        let x = standard(x);
+        let y = self.compute(&x, gemm);
+        if train {
+            match &mut self.cached_x {
+                Some(cx) if cx.dim() == x.dim() => cx.assign(&*x),
+                slot => *slot = Some(x.into_owned()),
+            }
+        }
+        y
+    }
+
+    /// Like [`Conv2d::forward`], but takes the input by value: in training mode it becomes the
+    /// cached input as it is (no copy), readable through [`Conv2d::cached_input`].
+    pub fn forward_owned(
+        &mut self,
+        x: Array4<f32>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array4<f32> {
+        let x = if x.is_standard_layout() {
+            x
+        } else {
+            x.as_standard_layout().into_owned()
+        };
+        let y = self.compute(&x, gemm);
+        if train {
+            self.cached_x = Some(x);
+        }
+        y
+    }
+
+    /// The input of the last training-mode forward.
+    pub fn cached_input(&self) -> Option<&Array4<f32>> {
+        self.cached_x.as_ref()
+    }
+
+    /// The convolution of a standard-layout input.
+    fn compute(&self, x: &Array4<f32>, gemm: &mut dyn GemmEngine) -> Array4<f32> {
         let g = self.geom;
         let (n, h, w, c) = x.dim();
         assert_eq!(
@@ -367,26 +501,41 @@ impl Conv2d {
             "{}: input has {c} channels, expected {}",
             self.name, g.in_ch
         );
-        let x = standard(x);
         let (ho, wo) = g.out_hw(h, w);
         let m = n * ho * wo;
-        let mut y = Array4::<f32>::zeros((n, ho, wo, g.out_ch));
-        {
+        let dim = (n, ho, wo, g.out_ch);
+        let xs = x.as_slice().expect("standard layout");
+        let mut y = if let Some(f) = gemm.as_fp32() {
+            // The fp32 GEMMs overwrite every output entry without reading it (`read_dst = false`),
+            // so the output skips the zero fill.
+            let mut y = Array4::<f32>::uninit(dim);
+            // SAFETY: the view covers exactly `y`'s `m x Cout` standard-layout elements; it is only
+            // written through raw pointers by `gemm`, which never reads the destination, and the
+            // fused path's row blocks together cover all `m` rows.
+            let yv = unsafe {
+                ArrayViewMut2::from_shape_ptr((m, g.out_ch), y.as_mut_ptr().cast::<f32>())
+            };
+            if g.pointwise() {
+                f.matmul(as_rows(x), self.weight.view(), yv);
+            } else {
+                fused_forward(f, &g, xs, (n, h, w), self.weight.view(), yv);
+            }
+            // SAFETY: fully written above.
+            unsafe { y.assume_init() }
+        } else {
+            let mut y = Array4::<f32>::zeros(dim);
             let yv = as_rows_mut(&mut y);
             if g.pointwise() {
-                gemm.forward(&self.name, as_rows(&x), self.weight.view(), yv);
-            } else if let Some(f) = gemm.as_fp32() {
-                let xs = x.as_slice().expect("standard layout");
-                fused_forward(f, &g, xs, (n, h, w), self.weight.view(), yv);
+                gemm.forward(&self.name, as_rows(x), self.weight.view(), yv);
             } else {
-                let xs = x.as_slice().expect("standard layout");
                 with_scratch(m * g.k(), |cols| {
                     im2col(&g, xs, n, h, w, cols);
                     let cv = ArrayView2::from_shape((m, g.k()), &*cols).expect("patch shape");
                     gemm.forward(&self.name, cv, self.weight.view(), yv);
                 });
             }
-        }
+            y
+        };
         if let Some(b) = &self.bias {
             let bs = b.as_slice().expect("bias is contiguous");
             y.as_slice_mut()
@@ -397,12 +546,6 @@ impl Conv2d {
                         add_into(row, bs);
                     }
                 });
-        }
-        if train {
-            match &mut self.cached_x {
-                Some(cx) if cx.dim() == x.dim() => cx.assign(&*x),
-                slot => *slot = Some(x.into_owned()),
-            }
         }
         y
     }
@@ -529,5 +672,28 @@ impl Module for Conv2d {
                 grad: gb.as_slice_mut().expect("contiguous"),
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+
+    #[test]
+    fn image_blocks_cover_the_batch_and_balance_two_workers() {
+        for n in 0..300 {
+            for px in [1, 9, 49, 196, 784, 5000] {
+                let ipb = images_per_block(n, px);
+                assert!(ipb >= 1);
+                assert!(
+                    ipb * px <= CONV_ROW_BLOCK || ipb == 1,
+                    "n {n} px {px}: {ipb}"
+                );
+            }
+        }
+        // ResNet stages at batch 128: 28x28, 14x14, 7x7 outputs.
+        assert_eq!(images_per_block(128, 784), 1);
+        assert_eq!(images_per_block(128, 196), 5);
+        assert_eq!(images_per_block(128, 49), 16);
     }
 }

@@ -20,11 +20,15 @@
 //!
 //! # Speed
 //! With the plain fp32 engine ([`GemmEngine::as_fp32`] returns `Some`), a convolution works on
-//! blocks of whole images (~2048 patch rows): im2col into a per-thread, cache-sized scratch buffer,
+//! blocks of whole images (~1024 patch rows): im2col into a per-thread, cache-sized scratch buffer,
 //! then single-threaded `gemm` crate calls, blocks spread over rayon. This avoids materialising the
 //! full patch matrix (58 MB per stage-1 conv at batch 128) and the crate's own thread
-//! synchronisation. Other engines (the accelerator) get whole matrices through the three trait
-//! methods. BN+ReLU is fused, element-wise passes are parallel, and [`Fp32Engine::new`] calls
+//! synchronisation. Block sizes are chosen so the blocks split evenly over two workers (a
+//! function of the shapes only, never of the thread count). Other engines (the accelerator) get
+//! whole matrices through the three trait methods. BN+ReLU is fused; BN's per-row kernels are
+//! compiled for 16/32/64 channels so they vectorise; outputs that are overwritten completely skip
+//! the zero fill; a residual block hands its input to `conv1` instead of copying it and keeps its
+//! final ReLU mask as bytes; element-wise passes are parallel, and [`Fp32Engine::new`] calls
 //! [`keep_freed_memory`] so glibc stops returning (and re-faulting) the activation buffers every step.
 
 pub mod bench;

@@ -20,18 +20,35 @@ use rayon::prelude::*;
 /// Elements per parallel chunk of the element-wise block operations.
 const EW_CHUNK: usize = 1 << 15;
 
-/// `z = max(0, z + s)` in parallel (both standard layout, same shape).
-fn add_relu(z: &mut Array4<f32>, s: &Array4<f32>) {
+/// `z = max(0, z + s)` in parallel (both standard layout, same shape); with `mask`, also records
+/// `z > 0` per element (the final ReLU's mask for backward, a quarter of the bytes of a copy).
+fn add_relu(z: &mut Array4<f32>, s: &Array4<f32>, mask: Option<&mut Vec<u8>>) {
     assert_eq!(z.dim(), s.dim(), "residual shapes differ");
     let s = standard(s);
     let zs = z.as_slice_mut().expect("fresh array");
-    zs.par_chunks_mut(EW_CHUNK)
-        .zip(s.as_slice().expect("standard layout").par_chunks(EW_CHUNK))
-        .for_each(|(a, b)| {
-            for (a, &b) in a.iter_mut().zip(b) {
-                *a = (*a + b).max(0.0);
-            }
-        });
+    let ss = s.as_slice().expect("standard layout");
+    match mask {
+        None => zs
+            .par_chunks_mut(EW_CHUNK)
+            .zip(ss.par_chunks(EW_CHUNK))
+            .for_each(|(a, b)| {
+                for (a, &b) in a.iter_mut().zip(b) {
+                    *a = (*a + b).max(0.0);
+                }
+            }),
+        Some(mask) => {
+            mask.resize(zs.len(), 0);
+            zs.par_chunks_mut(EW_CHUNK)
+                .zip(ss.par_chunks(EW_CHUNK))
+                .zip(mask.par_chunks_mut(EW_CHUNK))
+                .for_each(|((a, b), m)| {
+                    for ((a, &b), m) in a.iter_mut().zip(b).zip(m) {
+                        *a = (*a + b).max(0.0);
+                        *m = u8::from(*a > 0.0);
+                    }
+                })
+        }
+    }
 }
 
 /// `a += b` in parallel.
@@ -48,24 +65,6 @@ fn add_par(a: &mut Array4<f32>, b: &Array4<f32>) {
         });
 }
 
-/// Runs `f` on matching parallel chunks of three same-shaped standard-layout tensors.
-fn for_chunks3(
-    d: &mut Array4<f32>,
-    a: &Array4<f32>,
-    b: &Array4<f32>,
-    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
-) {
-    let (a, b) = (
-        a.as_slice().expect("standard layout"),
-        b.as_slice().expect("standard layout"),
-    );
-    d.as_slice_mut()
-        .expect("fresh array")
-        .par_chunks_mut(EW_CHUNK)
-        .zip(a.par_chunks(EW_CHUNK))
-        .zip(b.par_chunks(EW_CHUNK))
-        .for_each(|((d, a), b)| f(d, a, b));
-}
 use rand::Rng;
 
 fn conv3x3(name: String, cin: usize, cout: usize, stride: usize) -> Conv2d {
@@ -99,8 +98,10 @@ pub struct BasicBlock {
     pub bn2: BatchNorm2d,
     /// `None` = identity (same shape in and out).
     pub shortcut: Option<Shortcut>,
-    /// Output of the last training forward (its positive entries are the final ReLU's mask).
-    out: Option<Array4<f32>>,
+    /// Shape of the last training forward's output and its final ReLU's mask (1 where the output
+    /// is positive), one byte per element.
+    out_dim: Option<(usize, usize, usize, usize)>,
+    mask: Vec<u8>,
 }
 
 impl BasicBlock {
@@ -128,7 +129,8 @@ impl BasicBlock {
             bn2: BatchNorm2d::new(format!("{name}.bn2"), cout, false),
             shortcut,
             name,
-            out: None,
+            out_dim: None,
+            mask: Vec::new(),
         }
     }
 
@@ -146,42 +148,88 @@ impl BasicBlock {
         gemm: &mut dyn GemmEngine,
         train: bool,
     ) -> Array4<f32> {
-        let h = self.conv1.forward(x, gemm, train);
+        if train {
+            // conv1 keeps a copy of its input anyway: make it once here.
+            self.forward_owned(standard(x).into_owned(), gemm, true)
+        } else {
+            let h = self.conv1.forward(x, gemm, false);
+            self.forward_rest(h, Some(x), gemm, false)
+        }
+    }
+
+    /// Like [`BasicBlock::forward`], but takes the input by value, so in training mode `conv1`
+    /// keeps it as its cached input without a copy (the shortcut reads it from there).
+    pub fn forward_owned(
+        &mut self,
+        x: Array4<f32>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array4<f32> {
+        if train {
+            let h = self.conv1.forward_owned(x, gemm, true);
+            self.forward_rest(h, None, gemm, true)
+        } else {
+            let h = self.conv1.forward(&x, gemm, false);
+            self.forward_rest(h, Some(&x), gemm, false)
+        }
+    }
+
+    /// Everything after conv1 (`h` is its output); `x` is the block input, `None` meaning the one
+    /// conv1 cached.
+    fn forward_rest(
+        &mut self,
+        h: Array4<f32>,
+        x: Option<&Array4<f32>>,
+        gemm: &mut dyn GemmEngine,
+        train: bool,
+    ) -> Array4<f32> {
         let h = self.bn1.forward(&h, train);
-        let h = self.conv2.forward(&h, gemm, train);
+        let h = self.conv2.forward_owned(h, gemm, train);
         let mut z = self.bn2.forward(&h, train);
         drop(h);
+        let x = match x {
+            Some(x) => x,
+            None => self
+                .conv1
+                .cached_input()
+                .expect("conv1 caches its input in training mode"),
+        };
+        let mask = if train {
+            self.out_dim = Some(z.dim());
+            Some(&mut self.mask)
+        } else {
+            None
+        };
         match &mut self.shortcut {
             Some(s) => {
                 let sc = s.conv.forward(x, gemm, train);
                 let sc = s.bn.forward(&sc, train);
-                add_relu(&mut z, &sc);
+                add_relu(&mut z, &sc, mask);
             }
-            None => add_relu(&mut z, &standard(x)),
-        }
-        if train {
-            // The final ReLU's mask is `out > 0`: keep a copy of the output (reusing the buffer).
-            match &mut self.out {
-                Some(o) if o.dim() == z.dim() => o.assign(&z),
-                slot => *slot = Some(z.clone()),
-            }
+            None => add_relu(&mut z, &standard(x), mask),
         }
         z
     }
 
     pub fn backward(&mut self, dy: &Array4<f32>, gemm: &mut dyn GemmEngine) -> Array4<f32> {
-        let out = self
-            .out
-            .as_ref()
+        let dim = self
+            .out_dim
             .unwrap_or_else(|| panic!("{}: backward without a training forward", self.name));
-        assert_eq!(out.dim(), dy.dim(), "{}: output gradient shape", self.name);
+        assert_eq!(dim, dy.dim(), "{}: output gradient shape", self.name);
         let dy = standard(dy);
-        let mut d = Array4::<f32>::zeros(dy.dim());
-        for_chunks3(&mut d, &dy, out, |d, g, o| {
-            for ((d, &g), &o) in d.iter_mut().zip(g).zip(o) {
-                *d = if o > 0.0 { g } else { 0.0 };
-            }
-        });
+        let mut d = Array4::<f32>::uninit(dy.dim());
+        d.as_slice_mut()
+            .expect("fresh array")
+            .par_chunks_mut(EW_CHUNK)
+            .zip(dy.as_slice().expect("standard layout").par_chunks(EW_CHUNK))
+            .zip(self.mask.par_chunks(EW_CHUNK))
+            .for_each(|((d, g), m)| {
+                for ((d, &g), &m) in d.iter_mut().zip(g).zip(m) {
+                    d.write(if m != 0 { g } else { 0.0 });
+                }
+            });
+        // SAFETY: the chunks above cover every element (the mask has the output's length).
+        let d = unsafe { d.assume_init() };
         let dh = self.bn2.backward(&d);
         let dh = self.conv2.backward(&dh, gemm);
         let dh = self.bn1.backward(&dh);
@@ -400,7 +448,7 @@ impl ResNet {
     ) -> Array2<f32> {
         let mut h = self.stem.forward(x, gemm, train);
         for b in &mut self.blocks {
-            h = b.forward(&h, gemm, train);
+            h = b.forward_owned(h, gemm, train);
         }
         self.head.forward(&h, gemm, train)
     }

@@ -346,15 +346,16 @@ fn conv_forward_matches_direct_convolution() {
 #[test]
 fn batchnorm_gradients_with_and_without_relu() {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for relu in [false, true] {
-        let mut bn = BatchNorm2d::new("bn", 3, relu);
+    // 3 channels take the runtime-width kernels, 16/32/64 the compile-time-width ones.
+    for (c, relu) in [(3, false), (3, true), (16, true), (32, false), (64, true)] {
+        let mut bn = BatchNorm2d::new("bn", c, relu);
         bn.gamma
             .iter_mut()
             .for_each(|v| *v = rng.random_range(0.5..1.5));
         bn.beta
             .iter_mut()
             .for_each(|v| *v = rng.random_range(-0.5..0.5));
-        let x = rand4(&mut rng, (3, 4, 3, 3)).mapv(|v| 2.0 * v + 0.7);
+        let x = rand4(&mut rng, (3, 4, 3, c)).mapv(|v| 2.0 * v + 0.7);
         gradcheck(&mut BnP(bn, (0, 0, 0, 0)), &x, 1e-3, 2e-2, 2e-3, 40);
     }
 }
@@ -763,4 +764,33 @@ fn fused_fp32_conv_path_matches_generic_gemm_path() {
         assert_eq!(c.backward(&dy, &mut one), dxa);
         assert_eq!(c.grad_weight, a.grad_weight);
     }
+}
+
+#[test]
+fn block_forward_owned_matches_borrowed_forward() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut a = BasicBlock::new("stage2.block0", 3, 4, 2);
+    a.init(&mut rng);
+    rand_bn(&mut a.bn1, &mut rng);
+    let mut b = BasicBlock::new("stage2.block0", 3, 4, 2);
+    for (pb, pa) in b.params_mut().into_iter().zip(a.params_mut()) {
+        pb.value.copy_from_slice(pa.value);
+    }
+    let mut g = Fp32Gemm::new(2);
+    let x = rand4(&mut rng, (3, 7, 7, 3));
+    for train in [true, false] {
+        let ya = a.forward(&x, &mut g, train);
+        let yb = b.forward_owned(x.clone(), &mut g, train);
+        assert_eq!(ya, yb);
+    }
+    // The training forwards above are what backward uses: a later eval forward changes nothing.
+    a.zero_grad();
+    b.zero_grad();
+    let dy = Array4::from_shape_fn((3, 4, 4, 4), |(i, j, k, l)| {
+        ((i * 7 + j * 5 + k * 3 + l) % 11) as f32 * 0.1 - 0.5
+    });
+    let _ = a.forward(&x, &mut g, true);
+    let _ = b.forward_owned(x.clone(), &mut g, true);
+    assert_eq!(a.backward(&dy, &mut g), b.backward(&dy, &mut g));
+    assert_eq!(grads_of(&mut a), grads_of(&mut b));
 }
