@@ -405,6 +405,26 @@ impl Inner {
         self.upload(bytes, false)
     }
 
+    /// [`Self::upload`], reopening the link (up to `max_reconnects` times) when it fails. No replay:
+    /// the upload replaces the engine's state.
+    fn upload_reconnecting(&mut self, bytes: &[u8], weights_only: bool) -> Result<(), RemoteError> {
+        let mut r = Err(RemoteError::Link(LinkError::Closed));
+        for _ in 0..=self.opts.max_reconnects {
+            if self.link.is_none() {
+                if let Err(e) = self.open(1) {
+                    r = Err(e);
+                    continue;
+                }
+            }
+            r = self.upload(bytes, weights_only);
+            match &r {
+                Err(e) if e.is_link() => self.close_link(),
+                _ => break,
+            }
+        }
+        r
+    }
+
     /// Uploads `bytes` in chunks as `PutCheckpoint` (full restore) or `PutWeights` (`--init`).
     fn upload(&mut self, bytes: &[u8], weights_only: bool) -> Result<(), RemoteError> {
         let total = bytes.len() as u64;
@@ -660,21 +680,8 @@ impl StepEngine for RemoteEngine {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        let mut r = Err(RemoteError::Link(LinkError::Closed));
-        for _ in 0..=g.opts.max_reconnects {
-            if g.link.is_none() {
-                if let Err(e) = g.open(1) {
-                    r = Err(e);
-                    continue;
-                }
-            }
-            r = g.put_checkpoint(bytes);
-            match &r {
-                Err(e) if e.is_link() => g.close_link(),
-                _ => break,
-            }
-        }
-        r.map_err(RemoteError::into_engine)?;
+        g.upload_reconnecting(bytes, false)
+            .map_err(RemoteError::into_engine)?;
         g.base = Some(bytes.to_vec());
         g.log.clear();
         Ok(())
@@ -682,21 +689,8 @@ impl StepEngine for RemoteEngine {
 
     fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        let mut r = Err(RemoteError::Link(LinkError::Closed));
-        for _ in 0..=g.opts.max_reconnects {
-            if g.link.is_none() {
-                if let Err(e) = g.open(1) {
-                    r = Err(e);
-                    continue;
-                }
-            }
-            r = g.upload(checkpoint, true);
-            match &r {
-                Err(e) if e.is_link() => g.close_link(),
-                _ => break,
-            }
-        }
-        r.map_err(RemoteError::into_engine)?;
+        g.upload_reconnecting(checkpoint, true)
+            .map_err(RemoteError::into_engine)?;
         // Recovery replays from a full-state base: take the fresh engine's own checkpoint.
         g.refresh_checkpoint().map_err(RemoteError::into_engine)?;
         Ok(())

@@ -69,13 +69,43 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn loadavg_1m() -> Option<f64> {
+/// The 1-minute load average, recorded next to every figure so a reader can judge the conditions.
+pub fn loadavg_1m() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+/// Median of `v` (mean of the two middle values for an even count; 0 for an empty slice).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Four distinct seeded batches of random images and labels in `0..classes`, so caches do not see
+/// the same data every step.
+pub fn random_batches(batch: usize, input: InputShape, classes: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let classes = classes.clamp(1, 256);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    (0..4)
+        .map(|_| {
+            let images = (0..batch * input.pixels())
+                .map(|_| rng.random::<u8>())
+                .collect();
+            let labels = (0..batch)
+                .map(|_| rng.random_range(0..classes) as u8)
+                .collect();
+            (images, labels)
+        })
+        .collect()
 }
 
 /// A config for benchmarking: 10 classes, mean 0.5 / std 0.25 per channel, momentum 0.9, seed 0.
@@ -112,18 +142,9 @@ pub fn bench_train_step(
         ));
     }
     let load = loadavg_1m();
-    let mut engine = Fp32Engine::new(bench_config(model, input))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    // A few distinct batches so caches do not see the same data every step.
-    let batches: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
-        .map(|_| {
-            let images = (0..batch * input.pixels())
-                .map(|_| rng.random::<u8>())
-                .collect();
-            let labels = (0..batch).map(|_| rng.random_range(0..10u8)).collect();
-            (images, labels)
-        })
-        .collect();
+    let cfg = bench_config(model, input);
+    let batches = random_batches(batch, input, cfg.classes);
+    let mut engine = Fp32Engine::new(cfg)?;
     let mut seq = 0u64;
     let mut run = |engine: &mut Fp32Engine| -> Result<(), EngineError> {
         let (images, labels) = &batches[seq as usize % batches.len()];
@@ -149,13 +170,7 @@ pub fn bench_train_step(
         let s = t.elapsed().as_secs_f64();
         window_images_per_s.push((batch * iters_per_window) as f64 / s);
     }
-    let mut sorted = window_images_per_s.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let median = if sorted.len() % 2 == 1 {
-        sorted[sorted.len() / 2]
-    } else {
-        0.5 * (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2])
-    };
+    let median = median(&window_images_per_s);
     Ok(BenchReport {
         model: model.to_string(),
         batch,

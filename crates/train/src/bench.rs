@@ -9,6 +9,7 @@
 use crate::build_engine;
 use e2t_core::{Batch, EngineConfig, EngineError, InputShape, MethodConfig, ModelKind, StepEngine};
 use e2t_nn::BenchReport;
+use e2t_nn::bench::{loadavg_1m, median, random_batches};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -62,16 +63,6 @@ pub fn bench_engine_config(
     }
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    match s.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => s[n / 2],
-        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
-    }
-}
-
 /// Times full training steps of the engine `cfg` asks for (built by [`build_engine`]) on seeded
 /// random data: `warmup` untimed batches, then `windows` windows of `iters_per_window` offered
 /// batches of `batch` images (input shape from `cfg`). With SMD some batches are dropped by a coin
@@ -83,11 +74,6 @@ pub fn bench_engine_train_step(
     windows: usize,
     iters_per_window: usize,
 ) -> Result<EngineBenchReport, EngineError> {
-    if batch == 0 || windows == 0 || iters_per_window == 0 {
-        return Err(EngineError::Config(
-            "bench needs batch, windows and iterations per window >= 1".into(),
-        ));
-    }
     let mut engine = build_engine(cfg)?;
     bench_built_engine(engine.as_mut(), batch, warmup, windows, iters_per_window)
 }
@@ -109,20 +95,7 @@ pub fn bench_built_engine(
     let load = loadavg_1m();
     let cfg = &engine.config().clone();
     let input = cfg.input;
-    let classes = cfg.classes.clamp(1, 256);
-    let mut rng = ChaCha8Rng::seed_from_u64(1);
-    // A few distinct batches so caches do not see the same data every step.
-    let batches: Vec<(Vec<u8>, Vec<u8>)> = (0..4)
-        .map(|_| {
-            let images = (0..batch * input.pixels())
-                .map(|_| rng.random::<u8>())
-                .collect();
-            let labels = (0..batch)
-                .map(|_| rng.random_range(0..classes) as u8)
-                .collect();
-            (images, labels)
-        })
-        .collect();
+    let batches = random_batches(batch, input, cfg.classes);
     let m = &cfg.method;
     let mut coin = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5_3d_c0_1e);
     let mut seq = 0u64;
@@ -200,15 +173,6 @@ pub fn bench_built_engine(
             f64::INFINITY
         },
     })
-}
-
-fn loadavg_1m() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]
