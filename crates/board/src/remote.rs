@@ -689,10 +689,22 @@ impl StepEngine for RemoteEngine {
 
     fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        g.upload_reconnecting(checkpoint, true)
-            .map_err(RemoteError::into_engine)?;
-        // Recovery replays from a full-state base: take the fresh engine's own checkpoint.
-        g.refresh_checkpoint().map_err(RemoteError::into_engine)?;
+        // Upload, then read back the rebuilt engine's full state as the recovery base. A link
+        // failure in either half repeats both: `recover()` would replay the state from before the
+        // load and the run would silently start from scratch.
+        let mut r = Err(RemoteError::Link(LinkError::Closed));
+        for _ in 0..=g.opts.max_reconnects {
+            r = g
+                .upload_reconnecting(checkpoint, true)
+                .and_then(|()| g.get_checkpoint());
+            match &r {
+                Err(e) if e.is_link() => g.close_link(),
+                _ => break,
+            }
+        }
+        let base = r.map_err(RemoteError::into_engine)?;
+        g.base = Some(base);
+        g.log.clear();
         Ok(())
     }
 }

@@ -194,7 +194,8 @@ pub trait StepEngine: Send {
     fn restore(&mut self, bytes: &[u8]) -> Result<(), EngineError>;
     /// `--init`: take the weights (and BN statistics) of another run's checkpoint, keeping this
     /// engine's own configuration, fresh optimizer state, RNG and counters. The checkpoint may come
-    /// from any method of the same model. Engines that cannot do this say so.
+    /// from another method of the same model if its engine kind can read it (E2-Train engines read
+    /// each other's). Engines that cannot do this say so.
     fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
         let _ = checkpoint;
         Err(EngineError::Checkpoint(format!(

@@ -528,6 +528,19 @@ impl Settings {
             "last" => TrainOnly::Last,
             other => return Err(bad("train_only", format!("'{other}' is not all or last"))),
         };
+        // A plain fp32 ResNet runs on `e2t_nn::Fp32Engine`, whose checkpoints cannot hold another
+        // engine's weights: a resumed or reconnected `--init` run would be rebuilt as that engine.
+        if self.init.is_some()
+            && method.precision == Precision::Fp32
+            && !method.slu
+            && !method.psg
+            && matches!(model, ModelKind::ResNet { .. })
+        {
+            return Err(bad(
+                "init",
+                "the fp32 trainer cannot start from another run's weights: use --method baseline (INT16 accelerator numerics) or an E2-Train method",
+            ));
+        }
         let out = match &self.out {
             Some(o) => o.clone(),
             None => default_run_dir(now, model, dataset, &method),
@@ -929,6 +942,8 @@ mod tests {
                 "0.0001",
                 "--init",
                 "/x/ck.bin",
+                "--method",
+                "baseline",
                 "--threads",
                 "2",
             ],
@@ -940,6 +955,21 @@ mod tests {
             assert!(
                 text.contains("lr = 0."),
                 "floats are written in short form: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn init_needs_an_engine_that_can_take_weights() {
+        let e = resolve(&["--init", "/x/ck.bin"]).unwrap_err().to_string();
+        assert!(
+            e.contains("--init") && e.contains("--method baseline"),
+            "{e}"
+        );
+        for m in ["baseline", "e2train", "slu"] {
+            assert!(
+                resolve(&["--init", "/x/ck.bin", "--method", m]).is_ok(),
+                "{m}"
             );
         }
     }

@@ -27,20 +27,22 @@ pub struct EngineBenchReport {
     /// Timed batches offered and kept (SMD drops the rest before any engine work).
     pub batches_offered: usize,
     pub batches_kept: usize,
-    /// Median milliseconds per offered image and per processed image.
+    /// Median milliseconds per offered image and per processed image (`None` when SMD kept no
+    /// timed batch: there is no processed image to divide by).
     pub ms_per_image: f64,
-    pub ms_per_processed_image: f64,
+    pub ms_per_processed_image: Option<f64>,
 }
 
 impl EngineBenchReport {
     /// One human-readable line.
     pub fn line(&self) -> String {
         format!(
-            "{}: {} | {:.3} ms/image, {:.3} ms/processed image ({} of {} batches kept, {:.1} processed img/s)",
+            "{}: {} | {:.3} ms/image, {} ms/processed image ({} of {} batches kept, {:.1} processed img/s)",
             self.method,
             self.base.line(),
             self.ms_per_image,
-            self.ms_per_processed_image,
+            self.ms_per_processed_image
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.3}")),
             self.batches_kept,
             self.batches_offered,
             self.processed_images_per_s_median,
@@ -167,11 +169,7 @@ pub fn bench_built_engine(
         batches_offered: windows * iters_per_window,
         batches_kept: kept_total,
         ms_per_image: 1000.0 / med,
-        ms_per_processed_image: if processed > 0 {
-            1000.0 * total_s / processed as f64
-        } else {
-            f64::INFINITY
-        },
+        ms_per_processed_image: (processed > 0).then(|| 1000.0 * total_s / processed as f64),
     })
 }
 
@@ -201,5 +199,16 @@ mod tests {
         assert_eq!(r.batches_offered, 12);
         assert!(r.batches_kept < 12, "p = 0.5 over 12 coins drops some");
         assert!(bench_engine_train_step(&cfg, 0, 0, 1, 1).is_err());
+        // Every batch dropped: no per-processed-image time, and the report still round-trips.
+        let all = MethodConfig {
+            smd: true,
+            smd_p: 1.0,
+            ..MethodConfig::baseline()
+        };
+        let cfg = bench_engine_config(model, input, all, (4, 4));
+        let r = bench_engine_train_step(&cfg, 2, 0, 1, 2).unwrap();
+        assert_eq!((r.batches_kept, r.ms_per_processed_image), (0, None));
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<EngineBenchReport>(&json).unwrap(), r);
     }
 }

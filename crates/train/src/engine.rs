@@ -373,6 +373,10 @@ impl StepEngine for E2TrainEngine {
         &self.cfg
     }
 
+    fn load_weights(&mut self, checkpoint: &[u8]) -> Result<(), EngineError> {
+        self.load_weights_from_checkpoint(checkpoint)
+    }
+
     fn step(&mut self, batch: &Batch) -> Result<StepResult, EngineError> {
         let bad = |reason: String| EngineError::Batch {
             seq: batch.seq,
