@@ -49,6 +49,8 @@ pub struct TrainCmd {
 pub struct RunOutcome {
     pub summary: RunSummary,
     pub energy: e2t_energy::EnergyLog,
+    /// The method runs on the accelerator (INT16/INT8 numerics), so its counters price energy.
+    pub on_accel: bool,
 }
 
 /// Passes every call to the board and refreshes `link.json` in the run folder once per epoch (at
@@ -185,7 +187,11 @@ pub fn run_training(cfg: &RunConfig, board: &BoardArgs, progress: bool) -> Resul
     let observers: Vec<Box<dyn EpochObserver>> = vec![Box::new(energy)];
     let summary = e2t_host::run::run_with_data(cfg, &data, engine, observers, progress)?;
     let energy = log.lock().map(|g| g.clone()).unwrap_or_default();
-    Ok(RunOutcome { summary, energy })
+    Ok(RunOutcome {
+        summary,
+        energy,
+        on_accel: cfg.method.precision == e2t_core::Precision::Accel,
+    })
 }
 
 pub fn train(cmd: &TrainCmd) -> Result<RunOutcome> {
@@ -222,9 +228,9 @@ impl Row {
     pub fn from_run(o: &RunOutcome) -> Row {
         let n = o.energy.epochs.len();
         let total = o.energy.cumulative.total_j();
-        // The fp32 engine runs on the host CPU: no accelerator command was counted, so there is
-        // no accelerator energy to show (a 0 J figure would read as a measurement).
-        let on_accel = o.summary.counters.gemms > 0 && n > 0;
+        // An fp32 method runs on the host CPU: it has no accelerator counters, so there is no
+        // accelerator energy to show (a 0 J figure would read as a measurement).
+        let on_accel = o.on_accel && n > 0;
         Row {
             label: o.summary.method.clone(),
             test_acc: o.summary.final_test_acc,
