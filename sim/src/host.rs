@@ -108,9 +108,14 @@ pub enum GemmPath {
 }
 
 impl GemmPath {
-    /// The driver's choice: reuse whenever K fits the reuse buffers.
+    /// The driver's choice: reuse whenever K fits the reuse buffers (the cycle model's own rule,
+    /// so driver and model cannot disagree on the path).
     pub fn auto(k: usize, mode: Mode, hw: HwCfg) -> GemmPath {
-        if k.div_ceil(elems(mode)) <= hw.rws {
+        let geom = e2t_numerics::cycles::ReuseGeom {
+            words: hw.rws as u64,
+            q: hw.q as u64,
+        };
+        if geom.fits(k as u64, mode) {
             GemmPath::Reuse
         } else {
             GemmPath::PerTile
