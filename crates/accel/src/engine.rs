@@ -3,7 +3,9 @@
 //! Quantization (see `e2t_numerics::quant` for the exponent rule and rounding):
 //! - forward `y = x · w`: `x` per tensor, `w` per output column (one exponent per column of the `[K,N]`
 //!   weight matrix), both as 16-bit codes (INT16 mode) or as 8-bit tensors (INT8 mode, rounded to
-//!   the high byte). Result: raw 48-bit accumulators, `y[i,j] = acc * 2^(ex + ew_j)`.
+//!   the high byte). Result: `y[i,j] = acc * 2^(ex + ew_j)` from raw 48-bit accumulators, or for a
+//!   convolution with [`AccelGemmConfig::requant_outputs`] from the block's requantized 16-bit
+//!   output, `y[i,j] = requantize(acc, s) * 2^(s + ex + ew_j)` (below).
 //! - backward data `dx = dy · wᵀ`: here the contraction runs over the output channels, so a
 //!   per-column weight scale would differ along K and could not be factored out of an integer dot
 //!   product; the weights are therefore quantized per tensor for this GEMM. INT16 mode.
@@ -23,6 +25,25 @@
 //!   A layer's first PSG step has no previous max: it uses the largest threshold, so every tile is
 //!   recomputed and the first update uses exact signs (and yields the first max|P|).
 //!
+//! Long K (weight gradients, K = batch x pixels): a raw GEMM whose K exceeds what the reuse
+//! path's on-chip buffers hold (`ReuseGeom::BOARD`) is sent, when configured, as K pieces that
+//! fit it, and the host sums the pieces' accumulators in 64 bits. The per-tile path would re-send
+//! both operand panels for every 16x16 output tile; the pieces stream each operand about once.
+//!
+//! PSG of such a long-K weight gradient runs the same way: the INT8 prediction as reuse-path pieces
+//! summed on the host, the threshold rule on the host, then the INT16 recompute of the uncertain
+//! tiles, or of the whole GEMM when that moves fewer bytes ([`Accelerator::psg_split_k`]); the
+//! block's `OP_PSG` unit needs the whole K in one command, i.e. the per-tile path.
+//!
+//! Requantized outputs (convolution forward and every backward data, when configured): the result
+//! stream carries 16-bit codes instead of 48-bit accumulators, a quarter of the result bytes, which
+//! are most of the off-chip traffic of a backward-data GEMM (its output is the 9x wider column
+//! gradient). The shift `s` of a layer's command comes from the largest |accumulator| of the layer's
+//! previous output of the same kind and mode plus one bit of headroom, and is never above the
+//! shift of the worst case `K * 2^30` (INT16), which is also the first command's ([`requant_shift`],
+//! [`observed_bits`]). An output that grew more than 2x since the last step saturates at 16 bits
+//! for that step and widens the shift for the next. The history is part of the checkpoint.
+//!
 //! Errors from the accelerator cannot cross the `GemmEngine` seam (its methods return nothing): the
 //! first one is kept for [`AccelGemm::take_error`], and the affected output is zeroed.
 
@@ -32,6 +53,7 @@ use crate::{
 };
 use e2t_core::{Counters, LayerPsgStats, MethodConfig, Mode, Precision, PsgThreshold};
 use e2t_nn::{GemmEngine, LayerId};
+use e2t_numerics::cycles::ReuseGeom;
 use e2t_numerics::{
     HwThreshold, PredRounding, THR_MAX, choose_exp, choose_exp_8bit, max_abs_finite,
     quantize_columns, quantize_columns_8bit, quantize_into, quantize_into_8bit,
@@ -72,6 +94,16 @@ pub struct AccelGemmConfig {
     pub forward_mode: Mode,
     pub backward_weight: BackwardWeight,
     pub grad_rounding: GradRounding,
+    /// Convolution forward and backward-data commands return requantized 16-bit outputs (a
+    /// quarter of the raw format's result bytes) with a per-layer shift (module doc); `false`
+    /// returns raw 48-bit accumulators.
+    #[serde(default)]
+    pub requant_outputs: bool,
+    /// Raw-output GEMMs whose K is too long for the reuse path (weight gradients: K = batch x
+    /// pixels) are sent as K pieces that fit it, summed on the host (module doc); `false` sends
+    /// one per-tile command.
+    #[serde(default)]
+    pub split_long_k: bool,
 }
 
 impl AccelGemmConfig {
@@ -81,6 +113,8 @@ impl AccelGemmConfig {
             forward_mode: Mode::Int16,
             backward_weight: BackwardWeight::Int16,
             grad_rounding: GradRounding::Nearest,
+            requant_outputs: true,
+            split_long_k: true,
         }
     }
 
@@ -93,6 +127,8 @@ impl AccelGemmConfig {
                 pred: PredRounding::Nearest,
             },
             grad_rounding: GradRounding::Nearest,
+            requant_outputs: true,
+            split_long_k: true,
         }
     }
 
@@ -106,11 +142,57 @@ impl AccelGemmConfig {
     }
 }
 
-/// Per-layer PSG state carried across steps (part of a checkpoint).
+/// Per-layer state carried across steps (part of a checkpoint).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerPsgState {
     /// The layer's last max|P| and the exponent of its unit (`ex + edy + 16`).
     pub prev_max_p: Option<(u64, i32)>,
+    /// Bit length of the largest |accumulator| seen in the layer's last requantized output, per
+    /// [`OutKind`] and mode (see [`OutKind::slot`]): the next command's shift comes from it.
+    #[serde(default)]
+    pub out_bits: [Option<u32>; 4],
+}
+
+/// Which of a layer's GEMMs a requantized output belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutKind {
+    Forward,
+    BackwardData,
+}
+
+impl OutKind {
+    /// Index into [`LayerPsgState::out_bits`]: INT8 and INT16 accumulators have different units,
+    /// so each mode keeps its own history.
+    pub fn slot(self, mode: Mode) -> usize {
+        2 * (self as usize) + usize::from(mode == Mode::Int8)
+    }
+}
+
+/// Headroom of the requantization shift over the last observed maximum, in bits: a layer's
+/// outputs may grow 2x between steps before they saturate.
+pub const REQUANT_HEADROOM_BITS: u32 = 1;
+
+/// The requantization shift of a command with `k` terms in `mode`, given the bit length of the
+/// largest |accumulator| of the layer's previous output of this kind (`None`: no history). Never
+/// larger than the shift of the worst-case bound `k * 2^15 * 2^15` (INT16; `k * 2^7 * 2^7` for
+/// INT8's high bytes), which cannot saturate; with history, 16-bit outputs keep 15 bits below the
+/// observed maximum plus the headroom.
+pub fn requant_shift(k: usize, mode: Mode, prev_bits: Option<u32>) -> u32 {
+    let kbits = usize::BITS - k.max(1).leading_zeros();
+    let bound = kbits + if mode == Mode::Int8 { 14 } else { 30 };
+    let bits = prev_bits.map_or(bound, |b| (b + REQUANT_HEADROOM_BITS).min(bound));
+    bits.saturating_sub(15).min(e2t_numerics::MAX_SHIFT)
+}
+
+/// What a requantized output says about its accumulators: the bit length of max|acc|, taken from
+/// the largest |code| and the shift; a saturated code (|code| >= 32767) reports one bit more than
+/// the format holds, so the next shift grows by two with the headroom.
+pub fn observed_bits(max_code: u32, shift: u32) -> u32 {
+    if max_code >= i16::MAX as u32 {
+        shift + 17
+    } else {
+        (u32::BITS - max_code.leading_zeros()) + shift
+    }
 }
 
 /// Everything [`AccelGemm`] needs to continue a run bit-identically (its accelerator's counters are
@@ -347,12 +429,13 @@ impl<A: Accelerator> AccelGemm<A> {
     /// [`Self::conv_backward_weight`] (`None` after an error, which is kept as in `forward`).
     pub fn conv_forward(
         &mut self,
+        layer: &str,
         x: &[f32],
         g: Im2colGeom,
         w: ArrayView2<'_, f32>,
         mut y: ArrayViewMut2<'_, f32>,
     ) -> Option<ConvCodes> {
-        match self.conv_forward_impl(x, g, w, y.view_mut()) {
+        match self.conv_forward_impl(layer, x, g, w, y.view_mut()) {
             Ok(c) => Some(c),
             Err(e) => {
                 y.fill(0.0);
@@ -383,6 +466,7 @@ impl<A: Accelerator> AccelGemm<A> {
 
     fn conv_forward_impl(
         &mut self,
+        layer: &str,
         x: &[f32],
         g: Im2colGeom,
         w: ArrayView2<'_, f32>,
@@ -407,7 +491,7 @@ impl<A: Accelerator> AccelGemm<A> {
         let mut xq = Vec::new();
         quantize_with(x, ex, &mut xq, eight);
         self.with_patches(&xq, &g, |me, codes| {
-            me.forward_codes(CodeMatrix::row_major(codes, m, k)?, ex, w, y)
+            me.forward_codes(layer, CodeMatrix::row_major(codes, m, k)?, ex, w, y)
         })?;
         Ok(ConvCodes {
             codes: xq,
@@ -474,6 +558,7 @@ impl<A: Accelerator> AccelGemm<A> {
     /// shapes already checked.
     fn forward_codes(
         &mut self,
+        layer: &str,
         xq: CodeMatrix<'_>,
         ex: i32,
         w: ArrayView2<'_, f32>,
@@ -492,11 +577,15 @@ impl<A: Accelerator> AccelGemm<A> {
             self.cfg.forward_mode,
             &scales,
             &mut y,
+            Some((layer, OutKind::Forward)),
         )
     }
 
-    /// Raw GEMM (split to the command limits when needed) dequantized into `y` with one scale per
-    /// column; fused in the backend when it is one command into a contiguous output.
+    /// GEMM (split to the command limits when needed) dequantized into `y` with one scale per
+    /// column; fused in the backend when it is one command into a contiguous output. With
+    /// `requant = Some((layer, kind))` and [`AccelGemmConfig::requant_outputs`], the commands return
+    /// requantized outputs with the layer's shift (module doc); a GEMM that needs K pieces summed
+    /// on the host, or a strided `y`, stays raw.
     fn run_scaled(
         &mut self,
         a: CodeMatrix<'_>,
@@ -504,25 +593,39 @@ impl<A: Accelerator> AccelGemm<A> {
         mode: Mode,
         scales: &[f64],
         y: &mut ArrayViewMut2<'_, f32>,
+        requant: Option<(&str, OutKind)>,
     ) -> Result<(), AccelError> {
         let (m, k, n) = (a.rows(), a.cols(), b.cols());
         let (ms, ns) = self.split_limits();
-        if m > 0 && n > 0 && k > 0 && n <= ns && k <= DIM_K_MAX {
-            if let Some(ys) = y.as_slice_mut() {
-                // Row blocks are independent commands (as `run_raw` splits them) whose outputs are
-                // contiguous rows of `y`.
-                for r0 in (0..m).step_by(ms) {
-                    let r1 = (r0 + ms).min(m);
-                    self.accel.gemm_scaled(
-                        a.sub(r0, r1, 0, k),
-                        b,
-                        mode,
-                        scales,
-                        &mut ys[r0 * n..r1 * n],
-                    )?;
+        if m > 0 && n > 0 && k > 0 && n <= ns && k <= DIM_K_MAX && y.is_standard_layout() {
+            let rq = requant
+                .filter(|_| self.cfg.requant_outputs)
+                .map(|(layer, kind)| {
+                    let li = self.layer_index(layer);
+                    let prev = self.layers[li].state.out_bits[kind.slot(mode)];
+                    (li, kind.slot(mode), requant_shift(k, mode, prev))
+                });
+            let ys = y.as_slice_mut().expect("standard layout");
+            let reuse_k = ReuseGeom::BOARD.k_max(mode) as usize;
+            let split = rq.is_none() && self.cfg.split_long_k && k > reuse_k;
+            // Row blocks are independent commands (as `run_raw` splits them) whose outputs are
+            // contiguous rows of `y`.
+            for r0 in (0..m).step_by(ms) {
+                let r1 = (r0 + ms).min(m);
+                let (a, out) = (a.sub(r0, r1, 0, k), &mut ys[r0 * n..r1 * n]);
+                if split {
+                    self.accel
+                        .gemm_scaled_split_k(a, b, mode, reuse_k, scales, out)?;
+                } else {
+                    let shift = rq.map(|(_, _, s)| s);
+                    self.accel.gemm_scaled(a, b, mode, shift, scales, out)?;
                 }
-                return Ok(());
             }
+            if let Some((li, slot, shift)) = rq {
+                let code = max_code(ys, scales, shift);
+                self.layers[li].state.out_bits[slot] = Some(observed_bits(code, shift));
+            }
+            return Ok(());
         }
         let mut acc = std::mem::take(&mut self.acc);
         acc.resize(m * n, 0);
@@ -565,6 +668,7 @@ impl<A: Accelerator> AccelGemm<A> {
                 Mode::Int16,
                 &vec![pow2(edy + ew); k],
                 &mut dx,
+                Some((layer, OutKind::BackwardData)),
             )
         })();
         self.qa = qa;
@@ -618,7 +722,7 @@ impl<A: Accelerator> AccelGemm<A> {
             let b = CodeMatrix::row_major(&qb, m, n)?;
             match self.cfg.backward_weight {
                 BackwardWeight::Int16 => {
-                    self.run_scaled(a, b, Mode::Int16, &vec![pow2(ex + edy); n], &mut dw)
+                    self.run_scaled(a, b, Mode::Int16, &vec![pow2(ex + edy); n], &mut dw, None)
                 }
                 BackwardWeight::Psg { threshold, pred } => {
                     let unit_exp = ex + edy + 16;
@@ -716,8 +820,20 @@ impl<A: Accelerator> AccelGemm<A> {
             });
         }
         let (ms, ns) = self.split_limits();
+        // Long K: the host runs PSG over reuse-path pieces (module doc).
+        let pieces = (self.cfg.split_long_k && k > ReuseGeom::BOARD.k_max(Mode::Int8) as usize)
+            .then(|| {
+                (
+                    ReuseGeom::BOARD.k_max(Mode::Int8) as usize,
+                    ReuseGeom::BOARD.k_max(Mode::Int16) as usize,
+                )
+            });
+        let psg = |accel: &mut A, a, b, signs: &mut [i8]| match pieces {
+            Some(kp) => accel.psg_split_k(a, b, thr, pred, kp, signs),
+            None => accel.psg(a, b, thr, pred, signs),
+        };
         if m <= ms && n <= ns {
-            return self.accel.psg(a, b, thr, pred, signs);
+            return psg(&mut self.accel, a, b, signs);
         }
         let mut total = PsgReport::default();
         let mut tmp = Vec::new();
@@ -726,11 +842,10 @@ impl<A: Accelerator> AccelGemm<A> {
             for c0 in (0..n).step_by(ns) {
                 let c1 = (c0 + ns).min(n);
                 tmp.resize((r1 - r0) * (c1 - c0), 0);
-                let rep = self.accel.psg(
+                let rep = psg(
+                    &mut self.accel,
                     a.sub(r0, r1, 0, k),
                     b.sub(0, k, c0, c1),
-                    thr,
-                    pred,
                     &mut tmp,
                 )?;
                 for (i, row) in tmp.chunks_exact(c1 - c0).enumerate() {
@@ -961,6 +1076,26 @@ fn quantize_with(xs: &[f32], e: i32, out: &mut Vec<i16>, eight: bool) {
         });
 }
 
+/// The largest |code| of a requantized output `y` (row-major, `scales.len()` columns) that was
+/// dequantized as `code * 2^shift * scales[j]` (exact: the scales are powers of two).
+fn max_code(y: &[f32], scales: &[f64], shift: u32) -> u32 {
+    let n = scales.len().max(1);
+    let inv: Vec<f64> = scales
+        .iter()
+        .map(|&s| 1.0 / (s * crate::pow2_f64(shift)))
+        .collect();
+    y.par_chunks(n * 1024)
+        .map(|c| {
+            c.chunks_exact(n).fold(0f64, |m, row| {
+                row.iter()
+                    .zip(&inv)
+                    .fold(m, |m, (&v, &i)| m.max((f64::from(v) * i).abs()))
+            })
+        })
+        .reduce(|| 0.0, f64::max)
+        .round() as u32
+}
+
 /// `y[i,j] = acc[i*n + j] * scale[j]` (row-major `acc`), in parallel.
 fn write_scaled(y: &mut ArrayViewMut2<'_, f32>, acc: &[i64], scale: &[f64]) {
     let n = scale.len();
@@ -1108,7 +1243,10 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(12);
         let dy = rand_mat(&mut rng, 23, 5, 1e-3);
         let w = rand_mat(&mut rng, 9, 5, 0.3);
-        let mut e = engine(AccelGemmConfig::baseline());
+        let mut e = engine(AccelGemmConfig {
+            requant_outputs: false,
+            ..AccelGemmConfig::baseline()
+        });
         let mut dx = Array2::zeros((23, 9));
         // A non-contiguous input view: a transposed copy viewed back.
         let dyt = dy.t().to_owned();
@@ -1230,6 +1368,175 @@ mod tests {
     }
 
     #[test]
+    fn requant_shift_follows_the_bound_then_the_history() {
+        // K = 144 (8 bits): the INT16 bound 144 * 2^30 has 38 bits, so shift 23 without history.
+        assert_eq!(requant_shift(144, Mode::Int16, None), 23);
+        assert_eq!(requant_shift(144, Mode::Int8, None), 7);
+        // History of 30 bits: one bit of headroom, 15 bits kept below it.
+        assert_eq!(requant_shift(144, Mode::Int16, Some(30)), 16);
+        // Never above the bound's shift, never below 0.
+        assert_eq!(requant_shift(144, Mode::Int16, Some(60)), 23);
+        assert_eq!(requant_shift(1, Mode::Int16, Some(3)), 0);
+        assert_eq!(observed_bits(20_000, 16), 15 + 16);
+        assert_eq!(observed_bits(1, 0), 1);
+        assert_eq!(observed_bits(0, 4), 4);
+        // A saturated output asks for two more bits than it showed.
+        assert_eq!(observed_bits(32_767, 16), 33);
+        assert_eq!(requant_shift(144, Mode::Int16, Some(33)), 19);
+    }
+
+    #[test]
+    fn requantized_conv_outputs_use_the_layer_shift_and_quarter_the_result_bytes() {
+        let mut rng = ChaCha8Rng::seed_from_u64(21);
+        let g = Im2colGeom {
+            n: 2,
+            h: 6,
+            w: 5,
+            c: 4,
+            k: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let (m, kk) = g.matrix().unwrap();
+        let x: Vec<f32> = (0..g.input_len())
+            .map(|_| rng.random::<f32>() - 0.5)
+            .collect();
+        let w = rand_mat(&mut rng, kk, 6, 0.3);
+        let dy = rand_mat(&mut rng, m, 6, 1e-2);
+        let raw_cfg = AccelGemmConfig {
+            requant_outputs: false,
+            ..AccelGemmConfig::baseline()
+        };
+        let (mut raw, mut rq) = (engine(raw_cfg), engine(AccelGemmConfig::baseline()));
+        let mut y_raw = Array2::zeros((m, 6));
+        raw.conv_forward("c", &x, g, w.view(), y_raw.view_mut());
+        let ymax = y_raw.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let mut shifts = Vec::new();
+        for step in 0..3 {
+            let before = rq.counters();
+            let prev = rq.state().layers.first().and_then(|(_, s)| s.out_bits[0]);
+            let shift = requant_shift(kk, Mode::Int16, prev);
+            shifts.push(shift);
+            let mut y = Array2::zeros((m, 6));
+            rq.conv_forward("c", &x, g, w.view(), y.view_mut());
+            // Golden: the raw accumulators requantized with that shift, then dequantized.
+            let mut cols = Vec::new();
+            let (xq, ex) = quantize_tensor(&x);
+            crate::conv::im2col_codes(&xq, &g, &mut cols);
+            let (qw, ew) = quantize_columns(w.as_slice().unwrap(), kk, 6).unwrap();
+            let acc = gemm_ref(&cols, &qw, m, kk, 6, Mode::Int16).unwrap();
+            let want = Array2::from_shape_fn((m, 6), |(i, j)| {
+                let q = e2t_numerics::requantize(acc[i * 6 + j], shift).unwrap();
+                (f64::from(q) * pow2(ex + ew[j] + shift as i32)) as f32
+            });
+            assert_eq!(y, want, "step {step} shift {shift}");
+            // 16-bit outputs with the history keep 14 bits or more below the maximum.
+            let err = (&y - &y_raw).iter().fold(0f32, |a, v| a.max(v.abs()));
+            if step > 0 {
+                assert!(
+                    err <= ymax * 2f32.powi(-13),
+                    "step {step}: {err} vs max {ymax}"
+                );
+            }
+            let d = rq.counters().bytes_out - before.bytes_out;
+            use e2t_numerics::cycles;
+            let c = cycles::gemm_counters(
+                m as u64,
+                kk as u64,
+                6,
+                Mode::Int16,
+                cycles::OutFmt::Requant,
+                cycles::ArrayShape { rows: 4, cols: 4 },
+            )
+            .unwrap();
+            assert_eq!(d, c.bytes_out, "a requantized command's result bytes");
+        }
+        assert!(
+            shifts[1] < shifts[0],
+            "history tightens the bound's shift: {shifts:?}"
+        );
+        assert_eq!(shifts[1], shifts[2], "a steady layer keeps its shift");
+        // Backward data keeps its own history; the checkpointed state carries both.
+        let mut dx = Array2::zeros((m, kk));
+        rq.backward_data("c", dy.view(), w.view(), dx.view_mut());
+        let st = rq.state();
+        let bits = st.layers[0].1.out_bits;
+        assert!(bits[OutKind::Forward.slot(Mode::Int16)].is_some());
+        assert!(bits[OutKind::BackwardData.slot(Mode::Int16)].is_some());
+        assert!(bits[OutKind::Forward.slot(Mode::Int8)].is_none());
+        let mut again = engine(AccelGemmConfig::baseline());
+        again.restore_state(&st);
+        assert_eq!(again.state(), st);
+        assert!(rq.take_error().is_none());
+    }
+
+    #[test]
+    fn long_k_weight_gradients_go_as_reuse_path_pieces() {
+        let mut rng = ChaCha8Rng::seed_from_u64(22);
+        let x = rand_mat(&mut rng, 2100, 3, 1.0);
+        let dy = rand_mat(&mut rng, 2100, 2, 1e-2);
+        let (qx, ex) = quantize_tensor(x.as_slice().unwrap());
+        let (qd, ed) = quantize_tensor(dy.as_slice().unwrap());
+        let xt: Vec<i16> = (0..3)
+            .flat_map(|j| (0..2100).map(move |i| (i, j)))
+            .map(|(i, j)| qx[i * 3 + j])
+            .collect();
+        let acc = gemm_ref(&xt, &qd, 3, 2100, 2, Mode::Int16).unwrap();
+        let want = Array2::from_shape_fn((3, 2), |(i, j)| {
+            (acc[i * 2 + j] as f64 * pow2(ex + ed)) as f32
+        });
+        let one = AccelGemmConfig {
+            split_long_k: false,
+            ..AccelGemmConfig::baseline()
+        };
+        let (mut split, mut single) = (engine(AccelGemmConfig::baseline()), engine(one));
+        let (mut d1, mut d2) = (Array2::zeros((3, 2)), Array2::zeros((3, 2)));
+        split.backward_weight("l", x.view(), dy.view(), d1.view_mut());
+        single.backward_weight("l", x.view(), dy.view(), d2.view_mut());
+        assert_eq!(d1, want);
+        assert_eq!(d2, want);
+        let (c1, c2) = (split.counters(), single.counters());
+        // K = 2100 over pieces of 1024 (the board's reuse buffers, INT16): 3 commands.
+        assert_eq!(c1.gemms, 3);
+        assert_eq!(c2.gemms, 1);
+        assert_eq!(c1.macs_int16, c2.macs_int16);
+        let sh = e2t_numerics::cycles::ArrayShape { rows: 4, cols: 4 };
+        let piece = |k| {
+            e2t_numerics::cycles::gemm_counters(
+                3,
+                k,
+                2,
+                Mode::Int16,
+                e2t_numerics::cycles::OutFmt::Raw48,
+                sh,
+            )
+            .unwrap()
+        };
+        let mut sum = piece(1024);
+        sum.accumulate(&piece(1024));
+        sum.accumulate(&piece(52));
+        assert_eq!(c1, sum);
+
+        // PSG of the same long K: host-side over pieces, with the unit's prediction and counts.
+        let psg = AccelGemmConfig::psg(PsgThreshold::Absolute(1e-4));
+        let unit = AccelGemmConfig {
+            split_long_k: false,
+            ..psg
+        };
+        let (mut split, mut single) = (engine(psg), engine(unit));
+        split.backward_weight("l", x.view(), dy.view(), d1.view_mut());
+        single.backward_weight("l", x.view(), dy.view(), d2.view_mut());
+        let (s1, s2) = (split.psg_stats(), single.psg_stats());
+        assert_eq!(s1[0].predicted, s2[0].predicted);
+        assert_eq!(s1[0].uncertain, s2[0].uncertain);
+        let (c1, c2) = (split.counters(), single.counters());
+        assert_eq!(c2.gemms, 1, "one OP_PSG command");
+        assert!(c1.gemms >= 2, "INT8 pieces of at most 2048 terms: {c1:?}");
+        assert_eq!(c1.macs_int8, c2.macs_int8);
+        assert_eq!(c1.psg_uncertain, c2.psg_uncertain);
+    }
+
+    #[test]
     fn stochastic_rounding_is_reproducible_and_shared_by_both_backward_gemms() {
         let mut rng = ChaCha8Rng::seed_from_u64(15);
         let x = rand_mat(&mut rng, 30, 4, 1.0);
@@ -1237,6 +1544,7 @@ mod tests {
         let w = rand_mat(&mut rng, 4, 3, 1.0);
         let cfg = AccelGemmConfig {
             grad_rounding: GradRounding::Stochastic { seed: 5 },
+            requant_outputs: false,
             ..AccelGemmConfig::baseline()
         };
         let run = |step: u64| {
@@ -1331,11 +1639,16 @@ mod tests {
     fn conv_paths_equal_the_im2col_gemms_bit_for_bit() {
         use crate::conv::im2col_f32;
         let mut rng = ChaCha8Rng::seed_from_u64(17);
+        // Raw outputs: the plain (linear) forward path always returns raw accumulators.
         let cfgs = [
             AccelGemmConfig::baseline(),
             AccelGemmConfig::psg(PsgThreshold::Absolute(1e-3)),
             AccelGemmConfig::psg(PsgThreshold::Adaptive(0.05)),
-        ];
+        ]
+        .map(|c| AccelGemmConfig {
+            requant_outputs: false,
+            ..c
+        });
         for (case, (k, stride, pad)) in [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0)]
             .into_iter()
             .enumerate()
@@ -1364,7 +1677,7 @@ mod tests {
                     let mut y1 = Array2::zeros((m, cout));
                     let mut y2 = Array2::zeros((m, cout));
                     plain.forward("c", cols.view(), w.view(), y1.view_mut());
-                    let codes = conv.conv_forward(&x, g, w.view(), y2.view_mut());
+                    let codes = conv.conv_forward("conv", &x, g, w.view(), y2.view_mut());
                     assert_eq!(y1, y2, "case {case} {cfg:?} step {step}");
                     let mut d1 = Array2::zeros((kk, cout));
                     let mut d2 = Array2::zeros((kk, cout));
@@ -1395,7 +1708,7 @@ mod tests {
         let w = Array2::<f32>::ones((18, 2));
         let mut y = Array2::from_elem((16, 2), 3.0f32);
         assert!(
-            e.conv_forward(&[1.0; 31], g, w.view(), y.view_mut())
+            e.conv_forward("c", &[1.0; 31], g, w.view(), y.view_mut())
                 .is_none()
         );
         assert!(matches!(
@@ -1408,7 +1721,7 @@ mod tests {
         assert!(y.iter().all(|&v| v == 0.0));
         let bad = Im2colGeom { k: 9, ..g };
         assert!(
-            e.conv_forward(&[1.0; 32], bad, w.view(), y.view_mut())
+            e.conv_forward("c", &[1.0; 32], bad, w.view(), y.view_mut())
                 .is_none()
         );
         assert!(e.take_error().is_some());

@@ -127,11 +127,13 @@ pub(crate) fn gemm_exact(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out:
 pub(crate) enum Out<'o> {
     /// 48-bit accumulators (sign-extended), row-major `[m, n]`.
     Raw(&'o mut [i64]),
-    /// Dequantized on the way out: `out[i,j] = (acc[i,j] as f64 * scale[j]) as f32`, the same
-    /// as writing raw accumulators and scaling them afterwards.
+    /// Dequantized on the way out: `out[i,j] = (v as f64 * scale[j]) as f32` with `v = acc[i,j]`,
+    /// or `v = requantize(acc[i,j], s)` when `requant` is `Some(s)` (the block's 16-bit output
+    /// format); the same as writing the command's output and scaling it afterwards.
     Scaled {
         out: &'o mut [f32],
         scale: &'o [f64],
+        requant: Option<u32>,
     },
 }
 
@@ -278,12 +280,16 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
     // (one K task, K within the float's exact range) that cannot wrap, so it equals the raw
     // accumulator. Otherwise raw accumulators first, then the scaling.
     let out = match out {
-        Out::Scaled { out, scale } if !(ks == 1 && k <= T::KMAX && no_wrap) => {
+        Out::Scaled {
+            out,
+            scale,
+            requant,
+        } if !(ks == 1 && k <= T::KMAX && no_wrap) => {
             let mut raw = vec![0i64; m * n];
             run::<T, F, L>(a, b, conv, op, Out::Raw(&mut raw));
             for (orow, rrow) in out.chunks_exact_mut(n).zip(raw.chunks_exact(n)) {
                 for ((o, &r), &s) in orow.iter_mut().zip(rrow).zip(scale) {
-                    *o = (r as f64 * s) as f32;
+                    *o = dequant(r, requant, s);
                 }
             }
             return;
@@ -333,14 +339,18 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
                     .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
             }
         }
-        Out::Scaled { out, scale } => {
+        Out::Scaled {
+            out,
+            scale,
+            requant,
+        } => {
             // ks == 1, k <= KMAX and no wrap (checked above).
             out.par_chunks_mut(mb * n)
                 .enumerate()
                 .for_each(|(bi, dst)| {
                     let r0 = bi * mb;
                     let r1 = (r0 + mb).min(m);
-                    let d = Dst::Scale(dst, scale);
+                    let d = Dst::Scale(dst, scale, requant);
                     block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, d);
                 });
         }
@@ -351,8 +361,9 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
 enum Dst<'d> {
     /// Row-major `[rows, n]` accumulators; the block's first flush assigns, later ones add.
     Assign(&'d mut [i64]),
-    /// Row-major `[rows, n]` floats scaled per column; the block holds one exact sum per entry.
-    Scale(&'d mut [f32], &'d [f64]),
+    /// Row-major `[rows, n]` floats scaled per column (after the optional requantization, see
+    /// [`Out::Scaled`]); the block holds one exact sum per entry.
+    Scale(&'d mut [f32], &'d [f64], Option<u32>),
 }
 
 /// Rows `r0..r1`, K range `k0..k1`, added (wrapping) into `dst` (row-major `[r1 - r0, n]`).
@@ -497,6 +508,16 @@ fn block_run<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
     }
 }
 
+/// One output entry of a scaled command: the raw accumulator, or its 16-bit requantized code,
+/// times the column's scale.
+#[inline(always)]
+fn dequant(acc: i64, requant: Option<u32>, scale: f64) -> f32 {
+    match requant {
+        None => (acc as f64 * scale) as f32,
+        Some(s) => (f64::from(e2t_numerics::requantize_unchecked(acc, s)) * scale) as f32,
+    }
+}
+
 #[inline(always)]
 fn flush<T: Flt>(tmp: &[T], dst: &mut Dst<'_>, add: bool) {
     match dst {
@@ -510,7 +531,7 @@ fn flush<T: Flt>(tmp: &[T], dst: &mut Dst<'_>, add: bool) {
                 *d = t.int();
             }
         }
-        Dst::Scale(d, scale) => {
+        Dst::Scale(d, scale, None) => {
             debug_assert!(!add, "a scaled block holds one sum per entry");
             for (drow, trow) in d
                 .chunks_exact_mut(scale.len())
@@ -518,6 +539,17 @@ fn flush<T: Flt>(tmp: &[T], dst: &mut Dst<'_>, add: bool) {
             {
                 for ((d, &t), &s) in drow.iter_mut().zip(trow).zip(scale.iter()) {
                     *d = (t.to_f64() * s) as f32;
+                }
+            }
+        }
+        Dst::Scale(d, scale, rq) => {
+            debug_assert!(!add, "a scaled block holds one sum per entry");
+            for (drow, trow) in d
+                .chunks_exact_mut(scale.len())
+                .zip(tmp.chunks_exact(scale.len()))
+            {
+                for ((d, &t), &s) in drow.iter_mut().zip(trow).zip(scale.iter()) {
+                    *d = dequant(t.int(), *rq, s);
                 }
             }
         }

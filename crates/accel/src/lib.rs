@@ -33,6 +33,25 @@ pub use soft::SoftAccel;
 pub use e2t_core::{Counters, Mode};
 pub use e2t_numerics::{HwThreshold, PredRounding, PsgCounts};
 
+/// Host-side checks of [`Accelerator::gemm_scaled_split_k`]'s arguments.
+pub(crate) fn check_split(n: usize, k_piece: usize, col_scale: &[f64]) -> Result<(), AccelError> {
+    if k_piece == 0 {
+        return Err(AccelError::Dims { m: 0, k: 0, n: 0 });
+    }
+    if col_scale.len() != n {
+        return Err(AccelError::Output {
+            got: col_scale.len(),
+            expected: n,
+        });
+    }
+    Ok(())
+}
+
+/// `2^e` for a requantization shift (`e <= 47`), exactly.
+pub(crate) fn pow2_f64(e: u32) -> f64 {
+    f64::from_bits((1023 + u64::from(e.min(1000))) << 52)
+}
+
 /// Largest M and N of one command (`DIM_MN_MAX` in `rtl/pkg/e2t_pkg.sv`).
 pub const DIM_MN_MAX: usize = 65535;
 /// Largest K of one command (`DIM_K_MAX`).
@@ -183,16 +202,19 @@ pub trait Accelerator: Send {
         self.gemm(CodeMatrix::row_major(&q, a.rows, a.cols)?, b, mode, out)
     }
 
-    /// [`Accelerator::gemm`] with raw 48-bit output, dequantized on the host as it arrives:
-    /// `out[i,j] = (acc[i,j] as f64 * col_scale[j]) as f32`, row-major `[m, n]`, one scale per
-    /// column. The default runs the raw command, then scales; a backend may fuse the two but must
-    /// give the same results and counters. A `col_scale` of the wrong length is a host-side error
-    /// (no command).
+    /// [`Accelerator::gemm`] dequantized on the host as the result arrives, row-major `[m, n]`,
+    /// one scale per column. `requant: None` is a raw 48-bit command and
+    /// `out[i,j] = (acc[i,j] as f64 * col_scale[j]) as f32`; `Some(s)` is a requantized command
+    /// (16-bit output, a quarter of the raw format's bytes) and
+    /// `out[i,j] = (requantize(acc[i,j], s) as f64 * 2^s * col_scale[j]) as f32`. The default runs
+    /// the command, then scales; a backend may fuse the two but must give the same results and
+    /// counters. A `col_scale` of the wrong length is a host-side error (no command).
     fn gemm_scaled(
         &mut self,
         a: CodeMatrix<'_>,
         b: CodeMatrix<'_>,
         mode: Mode,
+        requant: Option<u32>,
         col_scale: &[f64],
         out: &mut [f32],
     ) -> Result<(), AccelError> {
@@ -202,14 +224,65 @@ pub trait Accelerator: Send {
                 expected: b.cols(),
             });
         }
+        let n = col_scale.len();
+        match requant {
+            None => {
+                let mut acc = vec![0i64; out.len()];
+                self.gemm(a, b, mode, GemmOut::Raw(&mut acc))?;
+                for (orow, arow) in out.chunks_exact_mut(n).zip(acc.chunks_exact(n)) {
+                    for ((o, &v), &s) in orow.iter_mut().zip(arow).zip(col_scale) {
+                        *o = (v as f64 * s) as f32;
+                    }
+                }
+            }
+            Some(shift) => {
+                let mut q = vec![0i16; out.len()];
+                self.gemm(a, b, mode, GemmOut::Requant { shift, out: &mut q })?;
+                let up = pow2_f64(shift);
+                for (orow, qrow) in out.chunks_exact_mut(n).zip(q.chunks_exact(n)) {
+                    for ((o, &v), &s) in orow.iter_mut().zip(qrow).zip(col_scale) {
+                        *o = (f64::from(v) * (s * up)) as f32;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A long-K GEMM sent as raw commands over K pieces of at most `k_piece` terms (so that each
+    /// piece fits the on-chip operand buffers of the reuse path), the pieces' 48-bit accumulators
+    /// summed on the host in 64 bits and then scaled per column:
+    /// `out[i,j] = (sum_p acc_p[i,j] as f64 * col_scale[j]) as f32`. A backend may fuse the pieces
+    /// but must give the same results and counters. `k_piece == 0` or a `col_scale` of the wrong
+    /// length is a host-side error (no command).
+    fn gemm_scaled_split_k(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        k_piece: usize,
+        col_scale: &[f64],
+        out: &mut [f32],
+    ) -> Result<(), AccelError> {
+        check_split(b.cols(), k_piece, col_scale)?;
+        let (m, k, n) = (a.rows(), a.cols(), b.cols());
+        let mut sum = vec![0i64; out.len()];
         let mut acc = vec![0i64; out.len()];
-        self.gemm(a, b, mode, GemmOut::Raw(&mut acc))?;
-        for (orow, arow) in out
-            .chunks_exact_mut(col_scale.len())
-            .zip(acc.chunks_exact(col_scale.len()))
-        {
-            for ((o, &v), &s) in orow.iter_mut().zip(arow).zip(col_scale) {
-                *o = (v as f64 * s) as f32;
+        for k0 in (0..k).step_by(k_piece) {
+            let k1 = (k0 + k_piece).min(k);
+            self.gemm(
+                a.sub(0, m, k0, k1),
+                b.sub(k0, k1, 0, n),
+                mode,
+                GemmOut::Raw(&mut acc),
+            )?;
+            for (s, &v) in sum.iter_mut().zip(&acc) {
+                *s += v;
+            }
+        }
+        for (orow, srow) in out.chunks_exact_mut(n).zip(sum.chunks_exact(n)) {
+            for ((o, &v), &c) in orow.iter_mut().zip(srow).zip(col_scale) {
+                *o = (v as f64 * c) as f32;
             }
         }
         Ok(())
@@ -224,6 +297,23 @@ pub trait Accelerator: Send {
         b: CodeMatrix<'_>,
         threshold: HwThreshold,
         pred: PredRounding,
+        signs: &mut [i8],
+    ) -> Result<PsgReport, AccelError>;
+
+    /// PSG run by the host over raw commands whose K fits the reuse path, for long-K weight
+    /// gradients: the INT8 prediction as K pieces of at most `k_pieces.0` terms (prediction codes
+    /// as for [`Self::psg`]), summed on the host; the same threshold rule, tiles and signs as
+    /// [`Self::psg`]; then the INT16 recompute as K pieces of at most `k_pieces.1`, either of each
+    /// tile that holds an uncertain entry or, when that moves fewer off-chip bytes, of the whole
+    /// GEMM (then every sign is exact and every tile counts as recomputed). The host adds the
+    /// PSG counts to the counters. A zero piece length is a host-side error (no command).
+    fn psg_split_k(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        threshold: HwThreshold,
+        pred: PredRounding,
+        k_pieces: (usize, usize),
         signs: &mut [i8],
     ) -> Result<PsgReport, AccelError>;
 

@@ -94,6 +94,101 @@ impl SoftAccel {
         Ok(())
     }
 
+    /// PSG as one `OP_PSG` command (`pieces: None`) or on the host over raw K pieces (`Some((k8,
+    /// k16))`, see [`Accelerator::psg_split_k`]): the same signs and PSG counts, other commands.
+    fn psg_with(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        threshold: HwThreshold,
+        pred: PredRounding,
+        signs: &mut [i8],
+        pieces: Option<(usize, usize)>,
+    ) -> Result<PsgReport, AccelError> {
+        // A threshold that does not fit its CSR cannot be written: a host-side error, no command.
+        let thr = threshold.effective()?;
+        let (m, k, n) = match check_command(&a, &b, signs.len()) {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        let (tr, tc) = (self.shape.rows, self.shape.cols);
+        let mut p = vec![0i64; m * n];
+        let op = match pred {
+            PredRounding::Floor => Operand::HighFloor,
+            PredRounding::Nearest => Operand::HighNearest,
+        };
+        gemm_exact(a, b, op, &mut p);
+
+        // Classify tiles (mt outer, nt inner, as the block does) and count.
+        let (mt, nt) = (m.div_ceil(tr), n.div_ceil(tc));
+        let mut recompute = vec![false; mt * nt];
+        let mut uncertain = vec![0u64; mt * nt];
+        let mut counts = PsgCounts::default();
+        let mut max_abs_p = 0u64;
+        for ti in 0..mt {
+            let rows = ti * tr..((ti + 1) * tr).min(m);
+            for tj in 0..nt {
+                let cols = tj * tc..((tj + 1) * tc).min(n);
+                let mut unc = 0u64;
+                for i in rows.clone() {
+                    for &v in &p[i * n + cols.start..i * n + cols.end] {
+                        let mag = v.unsigned_abs();
+                        max_abs_p = max_abs_p.max(mag);
+                        unc += u64::from(mag < thr);
+                    }
+                }
+                let rec = unc > 0;
+                recompute[ti * nt + tj] = rec;
+                uncertain[ti * nt + tj] = unc;
+                counts.uncertain += unc;
+                counts.recomputed_tiles += u64::from(rec);
+            }
+        }
+        counts.predicted = (m * n) as u64;
+        counts.tiles = (mt * nt) as u64;
+        let delta = match pieces {
+            None => {
+                cycles::psg_counters(m as u64, k as u64, n as u64, self.cycle_shape(), &uncertain)
+                    .map_err(|e| AccelError::Cycles(e.to_string()))?
+            }
+            Some((k8, k16)) => {
+                let plan = host_psg_plan(m, k, n, (tr, tc), (k8, k16), &recompute)?;
+                if plan.full {
+                    // The whole INT16 result is on the host: every sign is exact.
+                    recompute.fill(true);
+                    counts.recomputed_tiles = counts.tiles;
+                }
+                let mut d = plan.counters;
+                d.psg_predicted = counts.predicted;
+                d.psg_uncertain = counts.uncertain;
+                d.psg_recomputed_tiles = counts.recomputed_tiles;
+                d
+            }
+        };
+
+        for (s, &v) in signs.iter_mut().zip(&p) {
+            *s = v.signum() as i8;
+        }
+        if counts.recomputed_tiles > 0 {
+            recompute_signs(
+                a,
+                b,
+                &recompute,
+                (tr, tc),
+                (m, n),
+                counts.recomputed_tiles,
+                signs,
+            );
+        }
+        self.max_p = self.max_p.max(max_abs_p);
+        self.live.accumulate(&delta);
+        Ok(PsgReport {
+            counts,
+            max_abs_p,
+            threshold: thr,
+        })
+    }
+
     fn reject<T>(&mut self, e: AccelError) -> Result<T, AccelError> {
         self.live.accumulate(&Counters {
             total_cycles: cycles::rejected_command_cycles(),
@@ -154,6 +249,7 @@ impl Accelerator for SoftAccel {
         a: CodeMatrix<'_>,
         b: CodeMatrix<'_>,
         mode: Mode,
+        requant: Option<u32>,
         col_scale: &[f64],
         out: &mut [f32],
     ) -> Result<(), AccelError> {
@@ -167,9 +263,22 @@ impl Accelerator for SoftAccel {
             Ok(d) => d,
             Err(e) => return self.reject(e),
         };
+        if let Some(s) = requant.filter(|&s| s > MAX_SHIFT) {
+            return self.reject(AccelError::Shift(s));
+        }
         let op = match mode {
             Mode::Int16 => Operand::Full,
             Mode::Int8 => Operand::HighFloor,
+        };
+        // Requantized codes are worth 2^shift accumulator units: fold that into the scales.
+        let scaled: Vec<f64>;
+        let scale = match requant {
+            Some(s) => {
+                let up = crate::pow2_f64(s);
+                scaled = col_scale.iter().map(|&c| c * up).collect();
+                &scaled[..]
+            }
+            None => col_scale,
         };
         gemm_exact_to(
             a,
@@ -177,20 +286,82 @@ impl Accelerator for SoftAccel {
             op,
             Out::Scaled {
                 out,
-                scale: col_scale,
+                scale,
+                requant,
             },
         );
-        // The command is a raw-output GEMM; the scaling is host work.
-        let d = cycles::gemm_counters(
-            m as u64,
-            k as u64,
-            n as u64,
-            mode,
-            OutFmt::Raw48,
-            self.cycle_shape(),
-        )
-        .map_err(|e| AccelError::Cycles(e.to_string()))?;
+        // The scaling is host work; the command is a raw or requantized GEMM.
+        let fmt = if requant.is_some() {
+            OutFmt::Requant
+        } else {
+            OutFmt::Raw48
+        };
+        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
+            .map_err(|e| AccelError::Cycles(e.to_string()))?;
         self.live.accumulate(&d);
+        Ok(())
+    }
+
+    fn gemm_scaled_split_k(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        k_piece: usize,
+        col_scale: &[f64],
+        out: &mut [f32],
+    ) -> Result<(), AccelError> {
+        crate::check_split(b.cols(), k_piece, col_scale)?;
+        let (m, k, n) = match check_command(&a, &b, out.len()) {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        let op = match mode {
+            Mode::Int16 => Operand::Full,
+            Mode::Int8 => Operand::HighFloor,
+        };
+        if !op.never_wraps(k) {
+            // Pieces may wrap 48 bits on their own: run them one by one as the host would.
+            let mut sum = vec![0i64; m * n];
+            let mut acc = vec![0i64; m * n];
+            for k0 in (0..k).step_by(k_piece) {
+                let k1 = (k0 + k_piece).min(k);
+                self.gemm(
+                    a.sub(0, m, k0, k1),
+                    b.sub(k0, k1, 0, n),
+                    mode,
+                    GemmOut::Raw(&mut acc),
+                )?;
+                for (s, &v) in sum.iter_mut().zip(&acc) {
+                    *s += v;
+                }
+            }
+            for (orow, srow) in out.chunks_exact_mut(n).zip(sum.chunks_exact(n)) {
+                for ((o, &v), &c) in orow.iter_mut().zip(srow).zip(col_scale) {
+                    *o = (v as f64 * c) as f32;
+                }
+            }
+            return Ok(());
+        }
+        // No sum can leave 48 bits, so the host's sum of the pieces is the exact product: one
+        // fused GEMM, counted as the pieces' commands.
+        gemm_exact_to(
+            a,
+            b,
+            op,
+            Out::Scaled {
+                out,
+                scale: col_scale,
+                requant: None,
+            },
+        );
+        let shape = self.cycle_shape();
+        for k0 in (0..k).step_by(k_piece) {
+            let kp = (k_piece.min(k - k0)) as u64;
+            let d = cycles::gemm_counters(m as u64, kp, n as u64, mode, OutFmt::Raw48, shape)
+                .map_err(|e| AccelError::Cycles(e.to_string()))?;
+            self.live.accumulate(&d);
+        }
         Ok(())
     }
 
@@ -202,72 +373,22 @@ impl Accelerator for SoftAccel {
         pred: PredRounding,
         signs: &mut [i8],
     ) -> Result<PsgReport, AccelError> {
-        // A threshold that does not fit its CSR cannot be written: a host-side error, no command.
-        let thr = threshold.effective()?;
-        let (m, k, n) = match check_command(&a, &b, signs.len()) {
-            Ok(d) => d,
-            Err(e) => return self.reject(e),
-        };
-        let (tr, tc) = (self.shape.rows, self.shape.cols);
-        let mut p = vec![0i64; m * n];
-        let op = match pred {
-            PredRounding::Floor => Operand::HighFloor,
-            PredRounding::Nearest => Operand::HighNearest,
-        };
-        gemm_exact(a, b, op, &mut p);
+        self.psg_with(a, b, threshold, pred, signs, None)
+    }
 
-        // Classify tiles (mt outer, nt inner, as the block does) and count.
-        let (mt, nt) = (m.div_ceil(tr), n.div_ceil(tc));
-        let mut recompute = vec![false; mt * nt];
-        let mut uncertain = vec![0u64; mt * nt];
-        let mut counts = PsgCounts::default();
-        let mut max_abs_p = 0u64;
-        for ti in 0..mt {
-            let rows = ti * tr..((ti + 1) * tr).min(m);
-            for tj in 0..nt {
-                let cols = tj * tc..((tj + 1) * tc).min(n);
-                let mut unc = 0u64;
-                for i in rows.clone() {
-                    for &v in &p[i * n + cols.start..i * n + cols.end] {
-                        let mag = v.unsigned_abs();
-                        max_abs_p = max_abs_p.max(mag);
-                        unc += u64::from(mag < thr);
-                    }
-                }
-                let rec = unc > 0;
-                recompute[ti * nt + tj] = rec;
-                uncertain[ti * nt + tj] = unc;
-                counts.uncertain += unc;
-                counts.recomputed_tiles += u64::from(rec);
-            }
+    fn psg_split_k(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        threshold: HwThreshold,
+        pred: PredRounding,
+        k_pieces: (usize, usize),
+        signs: &mut [i8],
+    ) -> Result<PsgReport, AccelError> {
+        if k_pieces.0 == 0 || k_pieces.1 == 0 {
+            return Err(AccelError::Dims { m: 0, k: 0, n: 0 });
         }
-        let delta =
-            cycles::psg_counters(m as u64, k as u64, n as u64, self.cycle_shape(), &uncertain)
-                .map_err(|e| AccelError::Cycles(e.to_string()))?;
-        counts.predicted = (m * n) as u64;
-        counts.tiles = (mt * nt) as u64;
-
-        for (s, &v) in signs.iter_mut().zip(&p) {
-            *s = v.signum() as i8;
-        }
-        if counts.recomputed_tiles > 0 {
-            recompute_signs(
-                a,
-                b,
-                &recompute,
-                (tr, tc),
-                (m, n),
-                counts.recomputed_tiles,
-                signs,
-            );
-        }
-        self.max_p = self.max_p.max(max_abs_p);
-        self.live.accumulate(&delta);
-        Ok(PsgReport {
-            counts,
-            max_abs_p,
-            threshold: thr,
-        })
+        self.psg_with(a, b, threshold, pred, signs, Some(k_pieces))
     }
 
     fn snapshot(&mut self) -> Counters {
@@ -291,6 +412,73 @@ impl Accelerator for SoftAccel {
 /// Overwrite the signs of recomputed tiles with the signs of the exact INT16 result. When most tiles
 /// are recomputed one full GEMM is cheapest; otherwise each tile row computes only the column span
 /// between its first and last recomputed tile.
+/// The commands of a host-side PSG ([`Accelerator::psg_split_k`]) and their counters.
+pub(crate) struct HostPsgPlan {
+    /// Recompute the whole GEMM in INT16 (cheaper in off-chip bytes than the uncertain tiles
+    /// one by one); otherwise each recomputed tile is its own INT16 sub-GEMM.
+    pub full: bool,
+    /// The counters of every command: INT8 prediction pieces, then the INT16 recompute pieces.
+    pub counters: Counters,
+}
+
+/// Plans a host-side PSG of `m x k x n` over raw K pieces (`k8` terms for the INT8 prediction,
+/// `k16` for INT16 recomputes): the prediction pieces, then the recompute of the tiles flagged in
+/// `recompute` (tile-row major), either tile by tile or as one full GEMM, whichever moves fewer
+/// bytes (ties go to the tiles).
+pub(crate) fn host_psg_plan(
+    m: usize,
+    k: usize,
+    n: usize,
+    (tr, tc): (usize, usize),
+    (k8, k16): (usize, usize),
+    recompute: &[bool],
+) -> Result<HostPsgPlan, AccelError> {
+    let shape = cycles::ArrayShape {
+        rows: tr as u32,
+        cols: tc as u32,
+    };
+    let pieces =
+        |rows: usize, cols: usize, mode: Mode, kp: usize| -> Result<Counters, AccelError> {
+            let mut c = Counters::default();
+            for k0 in (0..k).step_by(kp) {
+                let d = cycles::gemm_counters(
+                    rows as u64,
+                    kp.min(k - k0) as u64,
+                    cols as u64,
+                    mode,
+                    OutFmt::Raw48,
+                    shape,
+                )
+                .map_err(|e| AccelError::Cycles(e.to_string()))?;
+                c.accumulate(&d);
+            }
+            Ok(c)
+        };
+    let mut counters = pieces(m, n, Mode::Int8, k8)?;
+    let nt = n.div_ceil(tc);
+    let mut tiles = Counters::default();
+    for (t, _) in recompute.iter().enumerate().filter(|(_, r)| **r) {
+        let (ti, tj) = (t / nt, t % nt);
+        let rv = tr.min(m - ti * tr);
+        let cv = tc.min(n - tj * tc);
+        tiles.accumulate(&pieces(rv, cv, Mode::Int16, k16)?);
+    }
+    let full = if tiles.gemms > 0 {
+        let all = pieces(m, n, Mode::Int16, k16)?;
+        let bytes = |c: &Counters| c.bytes_in + c.bytes_out;
+        if bytes(&all) < bytes(&tiles) {
+            tiles = all;
+            true
+        } else {
+            false
+        }
+    } else {
+        false
+    };
+    counters.accumulate(&tiles);
+    Ok(HostPsgPlan { full, counters })
+}
+
 fn recompute_signs(
     a: CodeMatrix<'_>,
     b: CodeMatrix<'_>,
@@ -430,12 +618,36 @@ mod tests {
                     .collect();
                 let mut fused = SoftAccel::new(4, 4).unwrap();
                 let mut out = vec![0f32; m * n];
-                fused.gemm_scaled(am, bm, mode, &scale, &mut out).unwrap();
+                fused
+                    .gemm_scaled(am, bm, mode, None, &scale, &mut out)
+                    .unwrap();
                 assert_eq!(out, want, "case {case} {m}x{k}x{n} {mode:?}");
                 let mut raw = SoftAccel::new(4, 4).unwrap();
                 let mut acc = vec![0i64; m * n];
                 raw.gemm(am, bm, mode, GemmOut::Raw(&mut acc)).unwrap();
                 assert_eq!(fused.snapshot(), raw.snapshot());
+                // Requantized commands: the golden requantization (including saturation at small
+                // shifts), times 2^shift and the scale; counted as Requant-format commands.
+                for shift in [0, 5, 13, 30] {
+                    let want: Vec<f32> = golden
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            let q = requantize(v, shift).unwrap();
+                            (f64::from(q) * f64::powi(2.0, shift as i32) * scale[i % n]) as f32
+                        })
+                        .collect();
+                    let mut fused = SoftAccel::new(4, 4).unwrap();
+                    fused
+                        .gemm_scaled(am, bm, mode, Some(shift), &scale, &mut out)
+                        .unwrap();
+                    assert_eq!(out, want, "case {case} {mode:?} shift {shift}");
+                    let mut rq = SoftAccel::new(4, 4).unwrap();
+                    let mut q = vec![0i16; m * n];
+                    rq.gemm(am, bm, mode, GemmOut::Requant { shift, out: &mut q })
+                        .unwrap();
+                    assert_eq!(fused.snapshot(), rq.snapshot());
+                }
             }
             if case == 3 {
                 assert!(
@@ -450,13 +662,237 @@ mod tests {
         let bm = CodeMatrix::row_major(&a, 3, 2).unwrap();
         let mut out = [0f32; 4];
         assert!(matches!(
-            acc.gemm_scaled(am, bm, Mode::Int16, &[1.0], &mut out),
+            acc.gemm_scaled(am, bm, Mode::Int16, None, &[1.0], &mut out),
             Err(AccelError::Output {
                 got: 1,
                 expected: 2
             })
         ));
         assert_eq!(acc.live_counters(), Counters::default(), "no command");
+        // A shift the block refuses is a rejected command, as for `gemm`.
+        let mut out = [0f32; 4];
+        assert!(matches!(
+            acc.gemm_scaled(am, bm, Mode::Int16, Some(48), &[1.0; 2], &mut out),
+            Err(AccelError::Shift(48))
+        ));
+        assert_eq!(
+            acc.live_counters().total_cycles,
+            cycles::rejected_command_cycles()
+        );
+    }
+
+    /// The trait's default methods over a `SoftAccel` (what a backend without fusion does).
+    struct Unfused(SoftAccel);
+    impl Accelerator for Unfused {
+        fn array_shape(&self) -> crate::ArrayShape {
+            self.0.array_shape()
+        }
+        fn gemm(
+            &mut self,
+            a: CodeMatrix<'_>,
+            b: CodeMatrix<'_>,
+            mode: Mode,
+            out: GemmOut<'_>,
+        ) -> Result<(), AccelError> {
+            self.0.gemm(a, b, mode, out)
+        }
+        fn psg(
+            &mut self,
+            a: CodeMatrix<'_>,
+            b: CodeMatrix<'_>,
+            threshold: HwThreshold,
+            pred: PredRounding,
+            signs: &mut [i8],
+        ) -> Result<PsgReport, AccelError> {
+            self.0.psg(a, b, threshold, pred, signs)
+        }
+        fn psg_split_k(
+            &mut self,
+            a: CodeMatrix<'_>,
+            b: CodeMatrix<'_>,
+            threshold: HwThreshold,
+            pred: PredRounding,
+            k_pieces: (usize, usize),
+            signs: &mut [i8],
+        ) -> Result<PsgReport, AccelError> {
+            self.0.psg_split_k(a, b, threshold, pred, k_pieces, signs)
+        }
+        fn snapshot(&mut self) -> Counters {
+            self.0.snapshot()
+        }
+        fn clear_counters(&mut self) {
+            self.0.clear_counters()
+        }
+        fn max_p(&self) -> u64 {
+            self.0.max_p()
+        }
+        fn clear_max_p(&mut self) {
+            self.0.clear_max_p()
+        }
+    }
+
+    #[test]
+    fn split_k_equals_the_pieces_summed_on_the_host() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0006);
+        // (m, k, n, piece): ragged last piece, one piece, and a K whose extreme codes wrap 48 bits
+        // in one command but not in pieces of 1024 (so the host sum differs from a single command).
+        let cases = [(9, 2500, 5, 1024), (4, 700, 3, 1024), (1, 140_000, 2, 1024)];
+        for (case, &(m, k, n, piece)) in cases.iter().enumerate() {
+            let mut a = codes(&mut rng, m * k, case as u32 % 3);
+            let mut b = codes(&mut rng, k * n, 1);
+            if case == 2 {
+                a.fill(-32768);
+                b.fill(-32768);
+            }
+            let am = CodeMatrix::row_major(&a, m, k).unwrap();
+            let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+            let scale: Vec<f64> = (0..n).map(|j| f64::powi(2.0, j as i32 - 30)).collect();
+            for mode in [Mode::Int16, Mode::Int8] {
+                let mut fused = SoftAccel::new(4, 4).unwrap();
+                let mut unfused = Unfused(SoftAccel::new(4, 4).unwrap());
+                let (mut o1, mut o2) = (vec![0f32; m * n], vec![0f32; m * n]);
+                fused
+                    .gemm_scaled_split_k(am, bm, mode, piece, &scale, &mut o1)
+                    .unwrap();
+                unfused
+                    .gemm_scaled_split_k(am, bm, mode, piece, &scale, &mut o2)
+                    .unwrap();
+                assert_eq!(o1, o2, "case {case} {mode:?}");
+                assert_eq!(fused.snapshot(), unfused.snapshot(), "case {case} {mode:?}");
+                assert_eq!(fused.snapshot().gemms, k.div_ceil(piece) as u64);
+                if case == 2 && mode == Mode::Int16 {
+                    // 140000 * 2^30 > 2^47: the pieces' exact sum, not the wrapped single command.
+                    let exact = 140_000f64 * 2f64.powi(30) * scale[0];
+                    assert_eq!(o1[0], exact as f32);
+                }
+            }
+        }
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let a = [1i16; 6];
+        let am = CodeMatrix::row_major(&a, 2, 3).unwrap();
+        let mut out = [0f32; 4];
+        assert!(
+            acc.gemm_scaled_split_k(am, am.t(), Mode::Int16, 0, &[1.0; 2], &mut out)
+                .is_err()
+        );
+        assert_eq!(acc.live_counters(), Counters::default(), "no command");
+    }
+
+    #[test]
+    fn host_psg_over_pieces_keeps_the_signs_and_counts_its_commands() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0007);
+        let (m, k, n) = (10, 2600, 6);
+        let a = codes(&mut rng, m * k, 1);
+        let b = codes(&mut rng, k * n, 1);
+        let am = CodeMatrix::row_major(&a, m, k).unwrap();
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        let pred = PredRounding::Nearest;
+        let exact = gemm_ref(&a, &b, m, k, n, Mode::Int16).unwrap();
+        let ap: Vec<i16> = a.iter().map(|&v| pred.prediction_code(v)).collect();
+        let bp: Vec<i16> = b.iter().map(|&v| pred.prediction_code(v)).collect();
+        let p = gemm_ref(&ap, &bp, m, k, n, Mode::Int8).unwrap();
+        let mut mags: Vec<u64> = p.iter().map(|v| v.unsigned_abs()).collect();
+        mags.sort_unstable();
+        // No uncertain entry; one (tile by tile); most of them (the full recompute is cheaper).
+        for (case, thr) in [0, mags[0] + 1, mags[mags.len() - 2]]
+            .into_iter()
+            .enumerate()
+        {
+            let th = HwThreshold::Absolute(thr);
+            let mut unit = SoftAccel::new(4, 4).unwrap();
+            let mut host = SoftAccel::new(4, 4).unwrap();
+            let (mut s1, mut s2) = (vec![0i8; m * n], vec![0i8; m * n]);
+            let r1 = unit.psg(am, bm, th, pred, &mut s1).unwrap();
+            let r2 = host
+                .psg_split_k(am, bm, th, pred, (2048, 1024), &mut s2)
+                .unwrap();
+            assert_eq!(r1.max_abs_p, r2.max_abs_p);
+            assert_eq!(r1.counts.uncertain, r2.counts.uncertain);
+            assert_eq!(r1.counts.predicted, r2.counts.predicted);
+            let c = host.snapshot();
+            assert_eq!(c.psg_predicted, (m * n) as u64);
+            assert_eq!(c.psg_uncertain, r2.counts.uncertain);
+            assert_eq!(c.psg_recomputed_tiles, r2.counts.recomputed_tiles);
+            // Prediction: 2 INT8 pieces (2048 + 552) of the whole 10 x 6 output.
+            assert_eq!(c.macs_int8, (m * k * n) as u64);
+            match case {
+                0 => {
+                    assert_eq!(s1, s2);
+                    assert_eq!(c.gemms, 2);
+                    assert_eq!(c.macs_int16, 0);
+                }
+                1 => {
+                    assert_eq!(s1, s2);
+                    assert_eq!(r2.counts.recomputed_tiles, 1);
+                    // One tile (at most 4 x 4) in 3 INT16 pieces (1024 + 1024 + 552).
+                    assert_eq!(c.gemms, 2 + 3);
+                    assert!(c.macs_int16 <= (16 * k) as u64 && c.macs_int16 > 0);
+                }
+                _ => {
+                    assert_eq!(
+                        r2.counts.recomputed_tiles, r2.counts.tiles,
+                        "full recompute"
+                    );
+                    assert_eq!(c.macs_int16, (m * k * n) as u64);
+                    let want: Vec<i8> = exact.iter().map(|v| v.signum() as i8).collect();
+                    assert_eq!(s2, want, "every sign exact");
+                }
+            }
+            // The counters are those of the explicit commands: INT8 pieces, then the recompute.
+            let mut reference = SoftAccel::new(4, 4).unwrap();
+            let mut out = vec![0i64; m * n];
+            let apm = CodeMatrix::row_major(&ap, m, k).unwrap();
+            let bpm = CodeMatrix::row_major(&bp, k, n).unwrap();
+            for k0 in (0..k).step_by(2048) {
+                let k1 = (k0 + 2048).min(k);
+                reference
+                    .gemm(
+                        apm.sub(0, m, k0, k1),
+                        bpm.sub(k0, k1, 0, n),
+                        Mode::Int8,
+                        GemmOut::Raw(&mut out),
+                    )
+                    .unwrap();
+            }
+            let tiles: Vec<(usize, usize)> = match case {
+                0 => vec![],
+                1 => {
+                    let idx = p.iter().position(|v| v.unsigned_abs() < thr).unwrap();
+                    vec![(idx / n / 4, idx % n / 4)]
+                }
+                _ => vec![(usize::MAX, 0)],
+            };
+            for (ti, tj) in tiles {
+                let (r0, r1, c0, c1) = if ti == usize::MAX {
+                    (0, m, 0, n)
+                } else {
+                    (ti * 4, (ti * 4 + 4).min(m), tj * 4, (tj * 4 + 4).min(n))
+                };
+                let mut o = vec![0i64; (r1 - r0) * (c1 - c0)];
+                for k0 in (0..k).step_by(1024) {
+                    let k1 = (k0 + 1024).min(k);
+                    reference
+                        .gemm(
+                            am.sub(r0, r1, k0, k1),
+                            bm.sub(k0, k1, c0, c1),
+                            Mode::Int16,
+                            GemmOut::Raw(&mut o),
+                        )
+                        .unwrap();
+                }
+            }
+            let mut want = reference.snapshot();
+            want.psg_predicted = c.psg_predicted;
+            want.psg_uncertain = c.psg_uncertain;
+            want.psg_recomputed_tiles = c.psg_recomputed_tiles;
+            assert_eq!(c, want, "case {case}");
+        }
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let mut sg = vec![0i8; m * n];
+        assert!(
+            acc.psg_split_k(am, bm, HwThreshold::Absolute(1), pred, (0, 1024), &mut sg)
+                .is_err()
+        );
     }
 
     #[test]

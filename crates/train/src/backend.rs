@@ -277,13 +277,13 @@ impl Backend for AccelBackend {
         y: ArrayViewMut2<'_, f32>,
         mode: Mode,
     ) -> Option<ConvCodes> {
-        let _ = layer; // forward GEMMs keep no per-layer state
         self.gemm.set_config(AccelGemmConfig {
             forward_mode: mode,
             ..self.base
         });
         let xs = nhwc_slice(x);
-        self.gemm.conv_forward(&xs, im2col_geom(x, geom), w, y)
+        self.gemm
+            .conv_forward(layer, &xs, im2col_geom(x, geom), w, y)
     }
     fn conv_backward_weight(
         &mut self,
