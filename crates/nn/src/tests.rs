@@ -783,7 +783,8 @@ fn block_forward_owned_matches_borrowed_forward() {
         let yb = b.forward_owned(x.clone(), &mut g, train);
         assert_eq!(ya, yb);
     }
-    // The training forwards above are what backward uses: a later eval forward changes nothing.
+    // Backward uses what the last training forward kept: an eval forward of other data in between
+    // (b only) changes nothing.
     a.zero_grad();
     b.zero_grad();
     let dy = Array4::from_shape_fn((3, 4, 4, 4), |(i, j, k, l)| {
@@ -791,6 +792,8 @@ fn block_forward_owned_matches_borrowed_forward() {
     });
     let _ = a.forward(&x, &mut g, true);
     let _ = b.forward_owned(x.clone(), &mut g, true);
+    let other = rand4(&mut rng, (3, 7, 7, 3));
+    let _ = b.forward_owned(other, &mut g, false);
     assert_eq!(a.backward(&dy, &mut g), b.backward(&dy, &mut g));
     assert_eq!(grads_of(&mut a), grads_of(&mut b));
 }
