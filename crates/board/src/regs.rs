@@ -6,8 +6,9 @@ use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use e2t_core::Counters;
+use e2t_core::{Counters, Mode};
 use e2t_csr as csr;
+use e2t_numerics::cycles::ReuseGeom;
 
 /// 32-bit register access at byte offsets inside one CSR window.
 pub trait RegisterFile: Send {
@@ -172,6 +173,27 @@ impl<R: RegisterFile> AccelRegs<R> {
         self.regs.write32(csr::CSR_CMD_PUSH, 1);
     }
 
+    /// Queue one `OP_GEMM` command. It takes the operand-reuse path (`CMD_CFG.REUSE`) whenever K
+    /// fits the board build's reuse buffers (`ReuseGeom::BOARD`, the rule the soft model counts
+    /// with), else the per-tile path; the operand stream must then follow that path's format
+    /// (rtl/README.md). `out_fmt` and `shift` as in `e2t_csr::cmd_cfg`. Returns the CMD_CFG word.
+    pub fn push_gemm(
+        &mut self,
+        m: u32,
+        n: u32,
+        k: u32,
+        mode: Mode,
+        out_fmt: u32,
+        shift: u32,
+    ) -> u32 {
+        let mut cfg = csr::cmd_cfg(csr::OP_GEMM, mode == Mode::Int8, out_fmt, shift, false);
+        if ReuseGeom::BOARD.fits(u64::from(k), mode) {
+            cfg |= 1 << csr::CFG_REUSE_BIT;
+        }
+        self.push_command(m, n, k, cfg);
+        cfg
+    }
+
     /// Poll STATUS until not busy; report a sticky error with its code (and clear it).
     pub fn wait_idle(&mut self, max_polls: u64) -> Result<(), RegError> {
         for _ in 0..max_polls {
@@ -259,6 +281,29 @@ mod tests {
             (1 << csr::STATUS_ERROR_BIT) | (5 << csr::STATUS_ERR_CODE_LSB);
         let e = a.wait_idle(3).unwrap_err();
         assert!(matches!(e, RegError::Accel { code: 5, .. }), "{e}");
+    }
+
+    #[test]
+    fn gemms_take_the_reuse_path_when_k_fits_the_board_buffers() {
+        let mut a = AccelRegs::new(board()).unwrap();
+        let reuse = 1 << csr::CFG_REUSE_BIT;
+        // Board build: RWS 256 words of 4 INT16 / 8 INT8 codes, so K <= 1024 / 2048.
+        assert_eq!(a.push_gemm(16, 16, 1024, Mode::Int16, 0, 3,) & reuse, reuse);
+        assert_eq!(a.push_gemm(16, 16, 1025, Mode::Int16, 0, 3) & reuse, 0);
+        assert_eq!(a.push_gemm(16, 16, 2048, Mode::Int8, 1, 0) & reuse, reuse);
+        assert_eq!(a.push_gemm(16, 16, 2049, Mode::Int8, 1, 0) & reuse, 0);
+        let cfg = a.push_gemm(4, 8, 12, Mode::Int8, 1, 0);
+        assert_eq!(cfg, csr::cmd_cfg(csr::OP_GEMM, true, 1, 0, false) | reuse);
+        assert_eq!(
+            a.regs.writes[a.regs.writes.len() - 5..],
+            [
+                (csr::CSR_CMD_M, 4),
+                (csr::CSR_CMD_N, 8),
+                (csr::CSR_CMD_K, 12),
+                (csr::CSR_CMD_CFG, cfg),
+                (csr::CSR_CMD_PUSH, 1)
+            ]
+        );
     }
 
     #[test]
