@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Resource estimate of the accelerator top (rtl/) with Yosys: synth_xilinx -family xc7, out of
-# context (no I/O buffers), flattened, for each requested array shape. Prints LUT, FF, DSP48E1 and
-# block-RAM use with the share of an XC7Z045 (218,600 LUT, 437,200 FF, 900 DSP48E1, 545 RAMB36).
+# context (no I/O buffers), flattened (except leaf modules marked keep_hierarchy), for each requested
+# array shape. Prints LUT, FF, DSP48E1 and block-RAM use with the share of an XC7Z045 (218,600 LUT,
+# 437,200 FF, 900 DSP48E1, 545 RAMB36).
 #
 # Usage: scripts/estimate.sh [RxC ...]        default: 8x8 16x16
 # Env:   YOSYS (default: yosys), DEPTH (operand bank words, default 512), RWS and Q (reuse-path
@@ -50,7 +51,15 @@ for shape in "${shapes[@]}"; do
   fi
   secs=$(( $(date +%s) - start ))
   st="$work/stat_${r}x${c}.txt"
-  # Sum cell counts by type from the (flattened) top's statistics.
+  # Small leaf modules marked (* keep_hierarchy *) (e2t_pp2) stay separate after -flatten; then stat
+  # prints each module and, last, the whole design under "design hierarchy": count only that part.
+  if grep -q '=== design hierarchy ===' "$st"; then
+    sed -n '/=== design hierarchy ===/,$p' "$st" > "$st.total"
+  else
+    cp "$st" "$st.total"
+  fi
+  st="$st.total"
+  # Sum cell counts by type from the design's statistics.
   count() { awk -v pat="$1" '$1 ~ pat && $2 ~ /^[0-9]+$/ {s += $2} END {print s+0}' "$st"; }
   cells() { awk -v name="$1" '$1 == name && $2 ~ /^[0-9]+$/ {s += $2} END {print s+0}' "$st"; }
   lut=$(count '^LUT[1-6]$')

@@ -26,6 +26,7 @@ for f in "$rtl"/src/*.sv; do
   m="$(basename "$f" .sv)"
   run "$m" --top-module "$m"
 done
+run "e2t_pe FABRIC=1" --top-module e2t_pe "-GFABRIC=1'b1"
 run "e2t_top R=16 C=16 DEPTH=512" --top-module e2t_top -GR=16 -GC=16 -GDEPTH=512
 run "e2t_top R=8 C=6 DEPTH=8" --top-module e2t_top -GR=8 -GC=6 -GDEPTH=8
 # Reuse-path geometry at its edges: one column tile per block, 2-word buffers; and the test model's.

@@ -6,7 +6,8 @@
 //!   to the per-tile path at K > 64 / 128 and use several B blocks at N > 8, so the suite exercises
 //!   both with small matrices), with tracing compiled in
 //!   (waveforms are opened on demand, e.g. by a failing test);
-//! * `Ve2t_pe`: one PE alone, for a direct check of its arithmetic and pipeline.
+//! * `Ve2t_pe`: one PE pair alone (DSP multipliers), for a direct check of its arithmetic and
+//!   pipeline; `Ve2t_pe_fabric`: the same with `FABRIC=1` (multipliers in LUTs, e2t_fmul).
 //!
 //! Environment:
 //! * `E2T_RTL_DIR`: verilate another copy of rtl/ (used to check that the suite catches a broken RTL);
@@ -91,8 +92,15 @@ fn main() {
         .unwrap_or_else(|e| fail(e));
 
     let mut pe_files = files;
-    pe_files.push(src("e2t_pe.sv"));
+    pe_files.extend(["e2t_pp2.sv", "e2t_fmul.sv", "e2t_pe.sv"].map(src));
     vlharness::build::Model::new("e2t_pe")
+        .files(pe_files.clone())
+        .coverage(coverage)
+        .build()
+        .unwrap_or_else(|e| fail(e));
+    vlharness::build::Model::new("e2t_pe")
+        .prefix("Ve2t_pe_fabric")
+        .param("FABRIC", "1'b1")
         .files(pe_files)
         .coverage(coverage)
         .build()

@@ -450,7 +450,11 @@ module e2t_engine #(
   logic [5:0]       mrv, mcv;
   assign mrv    = ru_q ? c_rv : rv;
   assign mcv    = ru_q ? c_cv : cv;
-  assign rvcv   = 11'(mrv) * 11'(mcv);
+  // Shift-and-add, not '*': Yosys maps any 11-bit product to a DSP48E1, and the DSPs are the PEs'.
+  always_comb begin
+    rvcv = '0;
+    for (int unsigned i = 0; i < 6; i++) if (mcv[i]) rvcv = rvcv + (11'(mrv) << i);
+  end
   assign mac_ev = ru_q ? r_res : pass_end;
 
   always_comb begin

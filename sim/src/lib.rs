@@ -1,7 +1,8 @@
 //! Verilated models of `rtl/` and the drivers the RTL regression suite (`sim/tests`) uses.
 //!
 //! * [`models`]: the generated wrappers (`Ve2t_top` at R=4, C=4, DEPTH=8 with tracing compiled in;
-//!   `Ve2t_pe`), built by `build.rs` with vlharness.
+//!   `Ve2t_pe` and `Ve2t_pe_fabric`, the PE pair with DSP / fabric multipliers), built by `build.rs`
+//!   with vlharness.
 //! * [`Tb`]: a cycle-level testbench around the top: clock and reset, an AXI4-Lite master, an
 //!   AXI4-Stream source and sink with seeded random TVALID/TREADY stalls, and `run_until` with a
 //!   no-progress cycle limit, so a hang is an error that says where (cycle, what was awaited, the
@@ -24,8 +25,9 @@ use vlharness::{SimError, Verilated};
 pub mod models {
     include!(concat!(env!("OUT_DIR"), "/Ve2t_top.rs"));
     include!(concat!(env!("OUT_DIR"), "/Ve2t_pe.rs"));
+    include!(concat!(env!("OUT_DIR"), "/Ve2t_pe_fabric.rs"));
 }
-pub use models::{Ve2t_pe, Ve2t_top};
+pub use models::{Ve2t_pe, Ve2t_pe_fabric, Ve2t_top};
 
 /// Array shape the top model was built with (see `build.rs`).
 /// (Defaults R=4, C=4, DEPTH=8, RWS=16, Q=2; `E2T_SIM_TOP` at build time changes them.)
