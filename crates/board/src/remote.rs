@@ -411,9 +411,19 @@ impl Inner {
         let mut r = Err(RemoteError::Link(LinkError::Closed));
         for _ in 0..=self.opts.max_reconnects {
             if self.link.is_none() {
-                if let Err(e) = self.open(1) {
-                    r = Err(e);
-                    continue;
+                // A reconnect like `recover()`'s: counted, and the factory sees its attempt number.
+                let n = {
+                    let mut t = self.tel();
+                    t.reconnects += 1;
+                    t.reconnects
+                };
+                match self.open(n + 1) {
+                    Ok(()) => {}
+                    Err(e) if e.is_link() => {
+                        r = Err(e);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             r = self.upload(bytes, weights_only);

@@ -165,6 +165,87 @@ fn pulled_cable_mid_run_reconnects_and_ends_identical() {
     assert_eq!(got, common::reference(24));
 }
 
+/// Counts the bytes written through it (to place a cut inside one message).
+struct Tap<T> {
+    inner: T,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<T: Transport> Transport for Tap<T> {
+    fn read(&mut self, b: &mut [u8], t: Duration) -> std::io::Result<usize> {
+        self.inner.read(b, t)
+    }
+    fn write(&mut self, b: &[u8], t: Duration) -> std::io::Result<usize> {
+        let n = self.inner.write(b, t)?;
+        self.written
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+    fn describe(&self) -> String {
+        format!("tap({})", self.inner.describe())
+    }
+}
+
+#[test]
+fn cable_pulled_during_a_weight_upload_reconnects_and_loads_them() {
+    use std::sync::atomic::Ordering;
+    let batches = common::batches(10);
+    let mut src = ToyEngine::new(&common::config()).unwrap();
+    let trained = common::run(&mut src, &batches);
+    let ro = RemoteOptions {
+        link: LinkConfig {
+            max_segment: 64,
+            ..LinkConfig::default()
+        },
+        ..RemoteOptions::default()
+    };
+    // Probe: how many bytes the host writes to connect, and then to upload the weights.
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let base = std::sync::Mutex::new(transport_factory(&BoardSpec::Sim, &opts()).unwrap());
+    let w = written.clone();
+    let probe: TransportFactory = Box::new(move |attempt| {
+        let t = (base.lock().unwrap())(attempt)?;
+        Ok(Box::new(Tap {
+            inner: t,
+            written: w.clone(),
+        }) as Box<dyn Transport>)
+    });
+    let mut remote = RemoteEngine::new(probe, ro.clone(), common::config()).unwrap();
+    let connected = written.load(Ordering::SeqCst);
+    remote.load_weights(&trained.checkpoint).unwrap();
+    let loaded = written.load(Ordering::SeqCst);
+    assert!(loaded > connected + 200, "the upload is several segments");
+    drop(remote);
+
+    // The first connection dies halfway through the upload; the second one runs clean.
+    let base = std::sync::Mutex::new(transport_factory(&BoardSpec::Sim, &opts()).unwrap());
+    let cut_at = connected + (loaded - connected) / 2;
+    let factory: TransportFactory = Box::new(move |attempt| {
+        let t = (base.lock().unwrap())(attempt)?;
+        Ok(match attempt {
+            1 => Box::new(Cut {
+                inner: t,
+                budget: cut_at,
+            }) as Box<dyn Transport>,
+            _ => t,
+        })
+    });
+    let mut remote = RemoteEngine::new(factory, ro, common::config()).unwrap();
+    remote.load_weights(&trained.checkpoint).unwrap();
+    assert_eq!(remote.reconnects(), 1, "the cut hit the upload");
+    assert_eq!(remote.counters(), e2t_core::Counters::default());
+    let images: Vec<u8> = batches.iter().flat_map(|b| b.images.clone()).collect();
+    let labels: Vec<u8> = batches.iter().flat_map(|b| b.labels.clone()).collect();
+    let (a, b) = (
+        remote.evaluate(&images, &labels).unwrap(),
+        src.evaluate(&images, &labels).unwrap(),
+    );
+    assert_eq!(
+        (a.loss_sum.to_bits(), a.correct),
+        (b.loss_sum.to_bits(), b.correct)
+    );
+}
+
 #[test]
 fn unreachable_board_is_a_clear_error() {
     let factory: TransportFactory = Box::new(|_| Err(RemoteError::Open("no such board".into())));
