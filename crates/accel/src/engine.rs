@@ -41,8 +41,11 @@
 //! gradient). The shift `s` of a layer's command comes from the largest |accumulator| of the layer's
 //! previous output of the same kind and mode plus one bit of headroom, and is never above the
 //! shift of the worst case `K * 2^30` (INT16), which is also the first command's ([`requant_shift`],
-//! [`observed_bits`]). An output that grew more than 2x since the last step saturates at 16 bits
-//! for that step and widens the shift for the next. The history is part of the checkpoint.
+//! [`next_out_bits`]). An output that grew more than 2x since the last step saturates at 16 bits
+//! for that step and sends the next command back to the bound's shift. The history is part of the
+//! checkpoint and only training passes update it ([`AccelGemm::freeze_history`]): evaluation must
+//! not change what the next training step computes (a board's recovery replays training steps
+//! only).
 //!
 //! Errors from the accelerator cannot cross the `GemmEngine` seam (its methods return nothing): the
 //! first one is kept for [`AccelGemm::take_error`], and the affected output is zeroed.
@@ -184,14 +187,17 @@ pub fn requant_shift(k: usize, mode: Mode, prev_bits: Option<u32>) -> u32 {
     bits.saturating_sub(15).min(e2t_numerics::MAX_SHIFT)
 }
 
-/// What a requantized output says about its accumulators: the bit length of max|acc|, taken from
-/// the largest |code| and the shift; a saturated code (|code| >= 32767) reports one bit more than
-/// the format holds, so the next shift grows by two with the headroom.
-pub fn observed_bits(max_code: u32, shift: u32) -> u32 {
-    if max_code >= i16::MAX as u32 {
-        shift + 17
+/// The layer's history after a requantized output with largest |code| `max_code` at `shift`: the
+/// bit length of max|acc| (`prev` kept when the output was all zero, which says nothing about the
+/// scale); a saturated output (|code| >= 32767) forgets the history, so the next command uses the
+/// bound's shift, which cannot saturate.
+pub fn next_out_bits(prev: Option<u32>, max_code: u32, shift: u32) -> Option<u32> {
+    if max_code == 0 {
+        prev
+    } else if max_code >= i16::MAX as u32 {
+        None
     } else {
-        (u32::BITS - max_code.leading_zeros()) + shift
+        Some((u32::BITS - max_code.leading_zeros()) + shift)
     }
 }
 
@@ -216,6 +222,8 @@ pub struct AccelGemm<A: Accelerator> {
     index: HashMap<String, usize>,
     step: u64,
     error: Option<AccelError>,
+    /// Evaluation: requantized outputs use the layers' shifts but do not update them.
+    history_frozen: bool,
     // Scratch reused across calls (large activations would otherwise be re-allocated every GEMM).
     qa: Vec<i16>,
     qb: Vec<i16>,
@@ -236,6 +244,7 @@ impl<A: Accelerator> AccelGemm<A> {
             index: HashMap::new(),
             step: 0,
             error: None,
+            history_frozen: false,
             qa: Vec::new(),
             qb: Vec::new(),
             acc: Vec::new(),
@@ -268,6 +277,11 @@ impl<A: Accelerator> AccelGemm<A> {
     /// The training step the next GEMMs belong to (keys the stochastic-rounding stream).
     pub fn set_step(&mut self, step: u64) {
         self.step = step;
+    }
+
+    /// While frozen (evaluation), requantized outputs do not update the layers' shift history.
+    pub fn freeze_history(&mut self, frozen: bool) {
+        self.history_frozen = frozen;
     }
 
     /// The first accelerator error since the last call, if any (see the module doc).
@@ -621,9 +635,10 @@ impl<A: Accelerator> AccelGemm<A> {
                     self.accel.gemm_scaled(a, b, mode, shift, scales, out)?;
                 }
             }
-            if let Some((li, slot, shift)) = rq {
+            if let Some((li, slot, shift)) = rq.filter(|_| !self.history_frozen) {
                 let code = max_code(ys, scales, shift);
-                self.layers[li].state.out_bits[slot] = Some(observed_bits(code, shift));
+                let bits = &mut self.layers[li].state.out_bits[slot];
+                *bits = next_out_bits(*bits, code, shift);
             }
             return Ok(());
         }
@@ -1377,12 +1392,14 @@ mod tests {
         // Never above the bound's shift, never below 0.
         assert_eq!(requant_shift(144, Mode::Int16, Some(60)), 23);
         assert_eq!(requant_shift(1, Mode::Int16, Some(3)), 0);
-        assert_eq!(observed_bits(20_000, 16), 15 + 16);
-        assert_eq!(observed_bits(1, 0), 1);
-        assert_eq!(observed_bits(0, 4), 4);
-        // A saturated output asks for two more bits than it showed.
-        assert_eq!(observed_bits(32_767, 16), 33);
-        assert_eq!(requant_shift(144, Mode::Int16, Some(33)), 19);
+        assert_eq!(next_out_bits(None, 20_000, 16), Some(15 + 16));
+        assert_eq!(next_out_bits(Some(40), 1, 0), Some(1));
+        // An all-zero output keeps the history (a dead layer says nothing about the scale).
+        assert_eq!(next_out_bits(Some(31), 0, 16), Some(31));
+        assert_eq!(next_out_bits(None, 0, 16), None);
+        // A saturated output forgets it: the next command takes the bound's shift.
+        assert_eq!(next_out_bits(Some(31), 32_767, 16), None);
+        assert_eq!(requant_shift(144, Mode::Int16, None), 23);
     }
 
     #[test]
@@ -1467,6 +1484,17 @@ mod tests {
         let mut again = engine(AccelGemmConfig::baseline());
         again.restore_state(&st);
         assert_eq!(again.state(), st);
+        // Evaluation passes use the shifts but leave them. A constant input against positive
+        // weights sums without cancellation: a larger max|acc| than the random data's.
+        let ones = vec![1.0f32; x.len()];
+        let wpos = w.mapv(f32::abs);
+        let mut y = Array2::zeros((m, 6));
+        rq.freeze_history(true);
+        rq.conv_forward("c", &ones, g, wpos.view(), y.view_mut());
+        assert_eq!(rq.state(), st);
+        rq.freeze_history(false);
+        rq.conv_forward("c", &ones, g, wpos.view(), y.view_mut());
+        assert_ne!(rq.state(), st, "training passes update the history");
         assert!(rq.take_error().is_none());
     }
 

@@ -33,6 +33,41 @@ pub use soft::SoftAccel;
 pub use e2t_core::{Counters, Mode};
 pub use e2t_numerics::{HwThreshold, PredRounding, PsgCounts};
 
+/// [`Accelerator::gemm_scaled_split_k`] as separate raw commands, one per K piece, summed on the
+/// host. The whole GEMM's shape is checked first, so a bad one issues no command.
+pub(crate) fn split_k_commands<A: Accelerator + ?Sized>(
+    acc: &mut A,
+    a: CodeMatrix<'_>,
+    b: CodeMatrix<'_>,
+    mode: Mode,
+    k_piece: usize,
+    col_scale: &[f64],
+    out: &mut [f32],
+) -> Result<(), AccelError> {
+    check_split(b.cols(), k_piece, col_scale)?;
+    let (m, k, n) = check_command(&a, &b, out.len())?;
+    let mut sum = vec![0i64; m * n];
+    let mut part = vec![0i64; m * n];
+    for k0 in (0..k).step_by(k_piece) {
+        let k1 = (k0 + k_piece).min(k);
+        acc.gemm(
+            a.sub(0, m, k0, k1),
+            b.sub(k0, k1, 0, n),
+            mode,
+            GemmOut::Raw(&mut part),
+        )?;
+        for (s, &v) in sum.iter_mut().zip(&part) {
+            *s += v;
+        }
+    }
+    for (orow, srow) in out.chunks_exact_mut(n).zip(sum.chunks_exact(n)) {
+        for ((o, &v), &c) in orow.iter_mut().zip(srow).zip(col_scale) {
+            *o = (v as f64 * c) as f32;
+        }
+    }
+    Ok(())
+}
+
 /// Host-side checks of [`Accelerator::gemm_scaled_split_k`]'s arguments.
 pub(crate) fn check_split(n: usize, k_piece: usize, col_scale: &[f64]) -> Result<(), AccelError> {
     if k_piece == 0 {
@@ -264,28 +299,7 @@ pub trait Accelerator: Send {
         col_scale: &[f64],
         out: &mut [f32],
     ) -> Result<(), AccelError> {
-        check_split(b.cols(), k_piece, col_scale)?;
-        let (m, k, n) = (a.rows(), a.cols(), b.cols());
-        let mut sum = vec![0i64; out.len()];
-        let mut acc = vec![0i64; out.len()];
-        for k0 in (0..k).step_by(k_piece) {
-            let k1 = (k0 + k_piece).min(k);
-            self.gemm(
-                a.sub(0, m, k0, k1),
-                b.sub(k0, k1, 0, n),
-                mode,
-                GemmOut::Raw(&mut acc),
-            )?;
-            for (s, &v) in sum.iter_mut().zip(&acc) {
-                *s += v;
-            }
-        }
-        for (orow, srow) in out.chunks_exact_mut(n).zip(sum.chunks_exact(n)) {
-            for ((o, &v), &c) in orow.iter_mut().zip(srow).zip(col_scale) {
-                *o = (v as f64 * c) as f32;
-            }
-        }
-        Ok(())
+        split_k_commands(self, a, b, mode, k_piece, col_scale, out)
     }
 
     /// Predictive sign GEMM (`OP_PSG`): INT8 prediction per tile, `|P| < threshold` marks an entry

@@ -180,7 +180,10 @@ impl SoftAccel {
                 signs,
             );
         }
-        self.max_p = self.max_p.max(max_abs_p);
+        if pieces.is_none() {
+            // The MAX_P register follows OP_PSG commands; host PSG issues plain GEMMs.
+            self.max_p = self.max_p.max(max_abs_p);
+        }
         self.live.accumulate(&delta);
         Ok(PsgReport {
             counts,
@@ -312,36 +315,15 @@ impl Accelerator for SoftAccel {
         out: &mut [f32],
     ) -> Result<(), AccelError> {
         crate::check_split(b.cols(), k_piece, col_scale)?;
-        let (m, k, n) = match check_command(&a, &b, out.len()) {
-            Ok(d) => d,
-            Err(e) => return self.reject(e),
-        };
+        // A bad shape is a host-side error (as in the trait's default): no piece is sent.
+        let (m, k, n) = check_command(&a, &b, out.len())?;
         let op = match mode {
             Mode::Int16 => Operand::Full,
             Mode::Int8 => Operand::HighFloor,
         };
         if !op.never_wraps(k) {
             // Pieces may wrap 48 bits on their own: run them one by one as the host would.
-            let mut sum = vec![0i64; m * n];
-            let mut acc = vec![0i64; m * n];
-            for k0 in (0..k).step_by(k_piece) {
-                let k1 = (k0 + k_piece).min(k);
-                self.gemm(
-                    a.sub(0, m, k0, k1),
-                    b.sub(k0, k1, 0, n),
-                    mode,
-                    GemmOut::Raw(&mut acc),
-                )?;
-                for (s, &v) in sum.iter_mut().zip(&acc) {
-                    *s += v;
-                }
-            }
-            for (orow, srow) in out.chunks_exact_mut(n).zip(sum.chunks_exact(n)) {
-                for ((o, &v), &c) in orow.iter_mut().zip(srow).zip(col_scale) {
-                    *o = (v as f64 * c) as f32;
-                }
-            }
-            return Ok(());
+            return crate::split_k_commands(self, a, b, mode, k_piece, col_scale, out);
         }
         // No sum can leave 48 bits, so the host's sum of the pieces is the exact product: one
         // fused GEMM, counted as the pieces' commands.
@@ -776,6 +758,17 @@ mod tests {
                 .is_err()
         );
         assert_eq!(acc.live_counters(), Counters::default(), "no command");
+        // A shape mismatch sends no piece, fused or not.
+        let mut unfused = Unfused(SoftAccel::new(4, 4).unwrap());
+        let mut out6 = [0f32; 6];
+        for r in [
+            unfused.gemm_scaled_split_k(am, am, Mode::Int16, 2, &[1.0; 3], &mut out6),
+            acc.gemm_scaled_split_k(am, am, Mode::Int16, 2, &[1.0; 3], &mut out6),
+        ] {
+            assert!(matches!(r, Err(AccelError::Inner { .. })), "{r:?}");
+        }
+        assert_eq!(unfused.snapshot(), Counters::default(), "no command");
+        assert_eq!(acc.live_counters(), Counters::default(), "no command");
     }
 
     #[test]
@@ -807,6 +800,8 @@ mod tests {
                 .psg_split_k(am, bm, th, pred, (2048, 1024), &mut s2)
                 .unwrap();
             assert_eq!(r1.max_abs_p, r2.max_abs_p);
+            // MAX_P follows OP_PSG commands only; the host PSG sends plain GEMMs.
+            assert_eq!((unit.max_p(), host.max_p()), (r1.max_abs_p, 0));
             assert_eq!(r1.counts.uncertain, r2.counts.uncertain);
             assert_eq!(r1.counts.predicted, r2.counts.predicted);
             let c = host.snapshot();

@@ -149,6 +149,8 @@ impl Drop for MmapRegisters {
 /// A thin driver over the CSR map.
 pub struct AccelRegs<R> {
     pub regs: R,
+    /// The bitstream's reuse-path geometry (`HWCFG2`), `None` before RTL v1.1 (no reuse path).
+    pub reuse: Option<ReuseGeom>,
 }
 
 impl<R: RegisterFile> AccelRegs<R> {
@@ -161,7 +163,18 @@ impl<R: RegisterFile> AccelRegs<R> {
                 expected: csr::ID_VALUE,
             });
         }
-        Ok(AccelRegs { regs })
+        // The reuse path (and HWCFG2) arrived with v1.1; read the geometry the bitstream was built
+        // with rather than assume the board default.
+        let version = regs.read32(csr::CSR_VERSION);
+        let reuse = (version >= 0x0001_0001).then(|| {
+            let v = regs.read32(csr::CSR_HWCFG2);
+            let field = |lsb: u32, w: u32| u64::from(v >> lsb & ((1 << w) - 1));
+            ReuseGeom {
+                words: field(csr::HWCFG2_RWS_LSB, csr::HWCFG2_RWS_W),
+                q: field(csr::HWCFG2_Q_LSB, csr::HWCFG2_Q_W),
+            }
+        });
+        Ok(AccelRegs { regs, reuse })
     }
 
     /// Queue one command (M x K times K x N) with a CMD_CFG word built by `e2t_csr::cmd_cfg`.
@@ -174,8 +187,8 @@ impl<R: RegisterFile> AccelRegs<R> {
     }
 
     /// Queue one `OP_GEMM` command. It takes the operand-reuse path (`CMD_CFG.REUSE`) whenever K
-    /// fits the board build's reuse buffers (`ReuseGeom::BOARD`, the rule the soft model counts
-    /// with), else the per-tile path; the operand stream must then follow that path's format
+    /// fits this bitstream's reuse buffers (`ReuseGeom::fits` on `HWCFG2`, the rule the soft model
+    /// counts with for `ReuseGeom::BOARD`), else the per-tile path; the operand stream must then follow that path's format
     /// (rtl/README.md). `out_fmt` and `shift` as in `e2t_csr::cmd_cfg`. Returns the CMD_CFG word.
     pub fn push_gemm(
         &mut self,
@@ -187,7 +200,10 @@ impl<R: RegisterFile> AccelRegs<R> {
         shift: u32,
     ) -> u32 {
         let mut cfg = csr::cmd_cfg(csr::OP_GEMM, mode == Mode::Int8, out_fmt, shift, false);
-        if ReuseGeom::BOARD.fits(u64::from(k), mode) {
+        if self
+            .reuse
+            .is_some_and(|g| g.words > 0 && g.fits(u64::from(k), mode))
+        {
             cfg |= 1 << csr::CFG_REUSE_BIT;
         }
         self.push_command(m, n, k, cfg);
@@ -228,9 +244,13 @@ impl<R: RegisterFile> AccelRegs<R> {
 mod tests {
     use super::*;
 
+    /// A v1.1 board build: RWS 256, Q 8.
     fn board() -> MemRegisters {
         let mut m = MemRegisters::new(4096);
         m.words[(csr::CSR_ID / 4) as usize] = csr::ID_VALUE;
+        m.words[(csr::CSR_VERSION / 4) as usize] = csr::VERSION_VALUE;
+        m.words[(csr::CSR_HWCFG2 / 4) as usize] =
+            256 << csr::HWCFG2_RWS_LSB | 8 << csr::HWCFG2_Q_LSB;
         m
     }
 
@@ -292,6 +312,7 @@ mod tests {
         assert_eq!(a.push_gemm(16, 16, 1025, Mode::Int16, 0, 3) & reuse, 0);
         assert_eq!(a.push_gemm(16, 16, 2048, Mode::Int8, 1, 0) & reuse, reuse);
         assert_eq!(a.push_gemm(16, 16, 2049, Mode::Int8, 1, 0) & reuse, 0);
+        assert_eq!(a.reuse, Some(ReuseGeom::BOARD));
         let cfg = a.push_gemm(4, 8, 12, Mode::Int8, 1, 0);
         assert_eq!(cfg, csr::cmd_cfg(csr::OP_GEMM, true, 1, 0, false) | reuse);
         assert_eq!(
@@ -304,6 +325,24 @@ mod tests {
                 (csr::CSR_CMD_PUSH, 1)
             ]
         );
+    }
+
+    #[test]
+    fn the_reuse_choice_follows_the_bitstreams_geometry() {
+        let reuse = 1 << csr::CFG_REUSE_BIT;
+        // A test build with RWS 16: K = 100 INT16 exceeds its 64-term buffers.
+        let mut m = board();
+        m.words[(csr::CSR_HWCFG2 / 4) as usize] =
+            16 << csr::HWCFG2_RWS_LSB | 2 << csr::HWCFG2_Q_LSB;
+        let mut a = AccelRegs::new(m).unwrap();
+        assert_eq!(a.push_gemm(16, 16, 64, Mode::Int16, 0, 0) & reuse, reuse);
+        assert_eq!(a.push_gemm(16, 16, 100, Mode::Int16, 0, 0) & reuse, 0);
+        // v1.0 has no reuse path (and no HWCFG2): never set the bit.
+        let mut m = board();
+        m.words[(csr::CSR_VERSION / 4) as usize] = 0x0001_0000;
+        let mut a = AccelRegs::new(m).unwrap();
+        assert_eq!(a.reuse, None);
+        assert_eq!(a.push_gemm(16, 16, 8, Mode::Int16, 0, 0) & reuse, 0);
     }
 
     #[test]

@@ -420,6 +420,9 @@ impl Inner {
                 match self.open(n + 1) {
                     Ok(()) => {}
                     Err(e) if e.is_link() => {
+                        // `open` keeps a link whose handshake failed: drop it so the next round
+                        // reopens instead of uploading over it.
+                        self.close_link();
                         r = Err(e);
                         continue;
                     }

@@ -93,6 +93,10 @@ pub trait Backend: Send {
     fn supports_psg(&self) -> bool;
     /// The training step the next GEMMs belong to (keys seeded stochastic rounding).
     fn begin_step(&mut self, _step: u64) {}
+    /// Evaluation passes follow (`true`) or are over (`false`): a backend keeps its per-layer state
+    /// (e.g. requantization shifts) unchanged by evaluation, so evaluating never changes what the
+    /// next training step computes.
+    fn set_eval(&mut self, _eval: bool) {}
     /// The first error the backend hit since the last call (its GEMM seam cannot return one).
     fn take_error(&mut self) -> Option<String> {
         None
@@ -319,7 +323,11 @@ impl Backend for AccelBackend {
     }
     fn set_state(&mut self, bytes: &[u8]) -> Result<(), String> {
         let s: AccelGemmState = bincode::deserialize(bytes)
-            .map_err(|e| format!("cannot decode PSG layer state: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot decode the accelerator layer state (PSG thresholds and requantization shifts; checkpoints written before the requantized-output driver cannot be resumed): {e}"
+                )
+            })?;
         self.gemm.restore_state(&s);
         Ok(())
     }
@@ -328,6 +336,9 @@ impl Backend for AccelBackend {
     }
     fn begin_step(&mut self, step: u64) {
         self.gemm.set_step(step);
+    }
+    fn set_eval(&mut self, eval: bool) {
+        self.gemm.freeze_history(eval);
     }
     fn take_error(&mut self) -> Option<String> {
         AccelBackend::take_error(self)

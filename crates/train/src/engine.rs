@@ -510,6 +510,7 @@ impl StepEngine for E2TrainEngine {
             GateMode::Off
         };
         let mut total = EvalResult::default();
+        self.backend.set_eval(true);
         for (imgs, labs) in images
             .chunks(EVAL_BATCH * px)
             .zip(labels.chunks(EVAL_BATCH))
@@ -525,6 +526,7 @@ impl StepEngine for E2TrainEngine {
                 samples: labs.len() as u64,
             });
         }
+        self.backend.set_eval(false);
         self.book_counters(&before);
         if let Some(e) = self.backend.take_error() {
             return Err(EngineError::Accelerator(format!("evaluation: {e}")));

@@ -913,6 +913,12 @@ fn accelerator_runs_are_reproducible_and_restore_bit_identically() {
     let mut c = mk();
     c.restore(&ck).expect("restore");
     assert_eq!(c.counters(), a.counters());
+    // Evaluating other data in between leaves what the next steps compute unchanged (evaluation
+    // does not update the per-layer requantization shifts: a board's recovery replays steps only).
+    let e1 = batch(40, 6, 8, 0.05);
+    let flat = vec![255u8; e1.images.len()];
+    a.evaluate(&e1.images, &e1.labels).expect("eval a");
+    c.evaluate(&flat, &e1.labels).expect("eval c");
     for s in 4..=5 {
         assert_eq!(
             a.step(&batch(s, 6, 8, 0.05)).expect("a"),
