@@ -181,6 +181,14 @@ impl Operand {
 
     /// True when no sum of `k` products can leave the 48-bit range [-2^47, 2^47): then the 48-bit
     /// wrap is the identity and the exact sum is the accumulator.
+    /// The operand an `OP_GEMM` reads in `mode`: full codes (INT16) or their high bytes (INT8).
+    pub(crate) fn of(mode: e2t_core::Mode) -> Self {
+        match mode {
+            e2t_core::Mode::Int16 => Operand::Full,
+            e2t_core::Mode::Int8 => Operand::HighFloor,
+        }
+    }
+
     pub(crate) fn never_wraps(self, k: usize) -> bool {
         (k as u128) * self.max_product() < (1u128 << 47)
     }

@@ -59,10 +59,7 @@ impl SoftAccel {
             Ok(d) => d,
             Err(e) => return self.reject(e),
         };
-        let op = match mode {
-            Mode::Int16 => Operand::Full,
-            Mode::Int8 => Operand::HighFloor,
-        };
+        let op = Operand::of(mode);
         let fmt = match out {
             GemmOut::Raw(o) => {
                 compute(op, o);
@@ -88,10 +85,7 @@ impl SoftAccel {
                 OutFmt::Sign
             }
         };
-        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
-            .map_err(|e| AccelError::Cycles(e.to_string()))?;
-        self.live.accumulate(&d);
-        Ok(())
+        self.book(m, k, n, mode, fmt)
     }
 
     /// PSG as one `OP_PSG` command (`pieces: None`) or on the host over raw K pieces (`Some((k8,
@@ -192,6 +186,21 @@ impl SoftAccel {
         })
     }
 
+    /// Books one `OP_GEMM` command's counters (the cycle model's figures).
+    fn book(
+        &mut self,
+        m: usize,
+        k: usize,
+        n: usize,
+        mode: Mode,
+        fmt: OutFmt,
+    ) -> Result<(), AccelError> {
+        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
+            .map_err(|e| AccelError::Cycles(e.to_string()))?;
+        self.live.accumulate(&d);
+        Ok(())
+    }
+
     fn reject<T>(&mut self, e: AccelError) -> Result<T, AccelError> {
         self.live.accumulate(&Counters {
             total_cycles: cycles::rejected_command_cycles(),
@@ -269,10 +278,7 @@ impl Accelerator for SoftAccel {
         if let Some(s) = requant.filter(|&s| s > MAX_SHIFT) {
             return self.reject(AccelError::Shift(s));
         }
-        let op = match mode {
-            Mode::Int16 => Operand::Full,
-            Mode::Int8 => Operand::HighFloor,
-        };
+        let op = Operand::of(mode);
         // Requantized codes are worth 2^shift accumulator units: fold that into the scales.
         let scaled: Vec<f64>;
         let scale = match requant {
@@ -299,10 +305,7 @@ impl Accelerator for SoftAccel {
         } else {
             OutFmt::Raw48
         };
-        let d = cycles::gemm_counters(m as u64, k as u64, n as u64, mode, fmt, self.cycle_shape())
-            .map_err(|e| AccelError::Cycles(e.to_string()))?;
-        self.live.accumulate(&d);
-        Ok(())
+        self.book(m, k, n, mode, fmt)
     }
 
     fn gemm_scaled_split_k(
@@ -317,10 +320,7 @@ impl Accelerator for SoftAccel {
         crate::check_split(b.cols(), k_piece, col_scale)?;
         // A bad shape is a host-side error (as in the trait's default): no piece is sent.
         let (m, k, n) = check_command(&a, &b, out.len())?;
-        let op = match mode {
-            Mode::Int16 => Operand::Full,
-            Mode::Int8 => Operand::HighFloor,
-        };
+        let op = Operand::of(mode);
         if !op.never_wraps(k) {
             // Pieces may wrap 48 bits on their own: run them one by one as the host would.
             return crate::split_k_commands(self, a, b, mode, k_piece, col_scale, out);
@@ -337,12 +337,8 @@ impl Accelerator for SoftAccel {
                 requant: None,
             },
         );
-        let shape = self.cycle_shape();
         for k0 in (0..k).step_by(k_piece) {
-            let kp = (k_piece.min(k - k0)) as u64;
-            let d = cycles::gemm_counters(m as u64, kp, n as u64, mode, OutFmt::Raw48, shape)
-                .map_err(|e| AccelError::Cycles(e.to_string()))?;
-            self.live.accumulate(&d);
+            self.book(m, k_piece.min(k - k0), n, mode, OutFmt::Raw48)?;
         }
         Ok(())
     }
