@@ -234,16 +234,7 @@ fn cable_pulled_during_a_weight_upload_reconnects_and_loads_them() {
     remote.load_weights(&trained.checkpoint).unwrap();
     assert_eq!(remote.reconnects(), 1, "the cut hit the upload");
     assert_eq!(remote.counters(), e2t_core::Counters::default());
-    let images: Vec<u8> = batches.iter().flat_map(|b| b.images.clone()).collect();
-    let labels: Vec<u8> = batches.iter().flat_map(|b| b.labels.clone()).collect();
-    let (a, b) = (
-        remote.evaluate(&images, &labels).unwrap(),
-        src.evaluate(&images, &labels).unwrap(),
-    );
-    assert_eq!(
-        (a.loss_sum.to_bits(), a.correct),
-        (b.loss_sum.to_bits(), b.correct)
-    );
+    assert_same_evaluation(&mut remote, &mut src, &batches);
 }
 
 #[test]
@@ -255,15 +246,12 @@ fn unreachable_board_is_a_clear_error() {
     assert!(e.to_string().contains("no such board"), "{e}");
 }
 
-#[test]
-fn load_weights_takes_the_weights_and_starts_fresh() {
-    let batches = common::batches(10);
-    let mut src = ToyEngine::new(&common::config()).unwrap();
-    let trained = common::run(&mut src, &batches);
-    let mut remote = connect(&BoardSpec::Sim, &common::config(), &opts()).unwrap();
-    remote.load_weights(&trained.checkpoint).unwrap();
-    // Fresh optimizer and counters, the source's weights: the same evaluation as the source.
-    assert_eq!(remote.counters(), e2t_core::Counters::default());
+/// Both engines evaluate the batches' samples to the same loss bits and correct count.
+fn assert_same_evaluation(
+    remote: &mut dyn StepEngine,
+    src: &mut dyn StepEngine,
+    batches: &[e2t_core::Batch],
+) {
     let images: Vec<u8> = batches.iter().flat_map(|b| b.images.clone()).collect();
     let labels: Vec<u8> = batches.iter().flat_map(|b| b.labels.clone()).collect();
     let (a, b) = (
@@ -274,6 +262,18 @@ fn load_weights_takes_the_weights_and_starts_fresh() {
         (a.loss_sum.to_bits(), a.correct),
         (b.loss_sum.to_bits(), b.correct)
     );
+}
+
+#[test]
+fn load_weights_takes_the_weights_and_starts_fresh() {
+    let batches = common::batches(10);
+    let mut src = ToyEngine::new(&common::config()).unwrap();
+    let trained = common::run(&mut src, &batches);
+    let mut remote = connect(&BoardSpec::Sim, &common::config(), &opts()).unwrap();
+    remote.load_weights(&trained.checkpoint).unwrap();
+    // Fresh optimizer and counters, the source's weights: the same evaluation as the source.
+    assert_eq!(remote.counters(), e2t_core::Counters::default());
+    assert_same_evaluation(&mut remote, &mut src, &batches);
     assert_ne!(remote.checkpoint().unwrap(), trained.checkpoint);
     // Bytes that are no checkpoint of this engine are refused with the engine's reason.
     let e = remote.load_weights(&[1, 2, 3]).unwrap_err().to_string();
