@@ -54,7 +54,7 @@ use crate::conv::{ConvCodes, Im2colGeom, covered_max_abs, im2col_codes};
 use crate::{
     AccelError, Accelerator, CodeMatrix, DIM_K_MAX, DIM_MN_MAX, F32Operand, GemmOut, PsgReport,
 };
-use e2t_core::{Counters, LayerPsgStats, MethodConfig, Mode, Precision, PsgThreshold};
+use e2t_core::{Counters, LayerPsgStats, MethodConfig, Mode, Precision, PsgFallback, PsgThreshold};
 use e2t_nn::{GemmEngine, LayerId};
 use e2t_numerics::cycles::ReuseGeom;
 use e2t_numerics::{
@@ -79,6 +79,10 @@ pub enum BackwardWeight {
     Psg {
         threshold: PsgThreshold,
         pred: PredRounding,
+        /// What uncertain entries get; with [`PsgFallback::Zero`] the host runs the prediction
+        /// over plain INT8 commands and never recomputes.
+        #[serde(default)]
+        fallback: PsgFallback,
     },
 }
 
@@ -123,11 +127,17 @@ impl AccelGemmConfig {
 
     /// PSG: forward in INT8, weight gradients by PSG with nearest-rounded prediction bytes.
     pub fn psg(threshold: PsgThreshold) -> Self {
+        Self::psg_with(threshold, PsgFallback::Recompute)
+    }
+
+    /// [`Self::psg`] with a choice of what uncertain entries get.
+    pub fn psg_with(threshold: PsgThreshold, fallback: PsgFallback) -> Self {
         AccelGemmConfig {
             forward_mode: Mode::Int8,
             backward_weight: BackwardWeight::Psg {
                 threshold,
                 pred: PredRounding::Nearest,
+                fallback,
             },
             grad_rounding: GradRounding::Nearest,
             requant_outputs: true,
@@ -139,7 +149,7 @@ impl AccelGemmConfig {
     pub fn from_method(m: &MethodConfig) -> Option<Self> {
         match m.precision {
             Precision::Fp32 => None,
-            Precision::Accel if m.psg => Some(Self::psg(m.psg_threshold)),
+            Precision::Accel if m.psg => Some(Self::psg_with(m.psg_threshold, m.psg_fallback)),
             Precision::Accel => Some(Self::baseline()),
         }
     }
@@ -739,13 +749,17 @@ impl<A: Accelerator> AccelGemm<A> {
                 BackwardWeight::Int16 => {
                     self.run_scaled(a, b, Mode::Int16, &vec![pow2(ex + edy); n], &mut dw, None)
                 }
-                BackwardWeight::Psg { threshold, pred } => {
+                BackwardWeight::Psg {
+                    threshold,
+                    pred,
+                    fallback,
+                } => {
                     let unit_exp = ex + edy + 16;
                     let li = self.layer_index(layer);
                     let hw = hw_threshold(threshold, unit_exp, self.layers[li].state.prev_max_p);
                     let mut signs = std::mem::take(&mut self.signs);
                     signs.resize(k * n, 0);
-                    let r = self.run_psg(a, b, hw, pred, &mut signs);
+                    let r = self.run_psg(a, b, hw, pred, fallback, &mut signs);
                     if let Ok(rep) = &r {
                         let e = &mut self.layers[li];
                         e.state.prev_max_p = Some((rep.max_abs_p, unit_exp));
@@ -824,6 +838,7 @@ impl<A: Accelerator> AccelGemm<A> {
         b: CodeMatrix<'_>,
         thr: HwThreshold,
         pred: PredRounding,
+        fallback: PsgFallback,
         signs: &mut [i8],
     ) -> Result<PsgReport, AccelError> {
         let (m, k, n) = (a.rows(), a.cols(), b.cols());
@@ -835,8 +850,11 @@ impl<A: Accelerator> AccelGemm<A> {
             });
         }
         let (ms, ns) = self.split_limits();
-        // Long K: the host runs PSG over reuse-path pieces (module doc).
-        let pieces = (self.cfg.split_long_k && k > ReuseGeom::BOARD.k_max(Mode::Int8) as usize)
+        // Long K: the host runs PSG over reuse-path pieces (module doc). `OP_PSG` always
+        // recomputes uncertain tiles, so PSG without recompute is host-side at any K.
+        let zero = fallback == PsgFallback::Zero;
+        let pieces = (zero
+            || (self.cfg.split_long_k && k > ReuseGeom::BOARD.k_max(Mode::Int8) as usize))
             .then(|| {
                 (
                     ReuseGeom::BOARD.k_max(Mode::Int8) as usize,
@@ -844,7 +862,7 @@ impl<A: Accelerator> AccelGemm<A> {
                 )
             });
         let psg = |accel: &mut A, a, b, signs: &mut [i8]| match pieces {
-            Some(kp) => accel.psg_split_k(a, b, thr, pred, kp, signs),
+            Some(kp) => accel.psg_split_k(a, b, thr, pred, kp, fallback, signs),
             None => accel.psg(a, b, thr, pred, signs),
         };
         if m <= ms && n <= ns {
@@ -1380,6 +1398,57 @@ mod tests {
         f.backward_weight("a", x.view(), dy.view(), dw2.view_mut());
         assert_eq!(dw, dw2);
         assert_eq!(e.take_psg_stats(), f.take_psg_stats());
+    }
+
+    #[test]
+    fn psg_fallback_zero_never_recomputes_and_leaves_uncertain_entries_at_zero() {
+        let mut rng = ChaCha8Rng::seed_from_u64(15);
+        let x = rand_mat(&mut rng, 40, 8, 2.0);
+        let dy = rand_mat(&mut rng, 40, 8, 1e-2);
+        let mut e = engine(AccelGemmConfig::psg_with(
+            PsgThreshold::Adaptive(0.25),
+            PsgFallback::Zero,
+        ));
+        let mut dw = Array2::zeros((8, 8));
+        // First step: no history, so every entry is uncertain and gets no update.
+        e.backward_weight("a", x.view(), dy.view(), dw.view_mut());
+        assert!(dw.iter().all(|&v| v == 0.0));
+        assert_eq!(e.accel().live_counters().macs_int16, 0);
+        let prev = e.state().layers[0].1.prev_max_p.unwrap();
+        let before = e.accel().live_counters();
+        e.backward_weight("a", x.view(), dy.view(), dw.view_mut());
+        let d = e.accel().live_counters().delta_since(&before);
+        assert_eq!(d.macs_int16, 0, "no INT16 recompute");
+        assert_eq!(d.macs_int8, 40 * 8 * 8);
+        let (qx, _) = quantize_tensor(x.as_slice().unwrap());
+        let (qd, _) = quantize_tensor(dy.as_slice().unwrap());
+        let xt: Vec<i16> = (0..8)
+            .flat_map(|j| (0..40).map(move |i| (i, j)))
+            .map(|(i, j)| qx[i * 8 + j])
+            .collect();
+        let thr = (c_q16(0.25) as u64 * prev.0) >> 16;
+        // The prediction's signs with the uncertain ones zeroed.
+        let pred = PredRounding::Nearest;
+        let xp: Vec<i16> = xt.iter().map(|&v| pred.prediction_code(v)).collect();
+        let dp: Vec<i16> = qd.iter().map(|&v| pred.prediction_code(v)).collect();
+        let p = gemm_ref(&xp, &dp, 8, 40, 8, Mode::Int8).unwrap();
+        let want: Vec<i8> = p
+            .iter()
+            .map(|&v| {
+                if v.unsigned_abs() < thr {
+                    0
+                } else {
+                    v.signum() as i8
+                }
+            })
+            .collect();
+        assert_eq!(dw.iter().map(|&v| v as i8).collect::<Vec<_>>(), want);
+        let s = e.take_psg_stats();
+        assert_eq!(s[0].recomputed_tiles, 0);
+        assert!(
+            s[0].uncertain > 64 && s[0].uncertain < 128,
+            "all of step 1, some of step 2"
+        );
     }
 
     #[test]

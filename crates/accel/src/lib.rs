@@ -30,7 +30,7 @@ pub use matrix::CodeMatrix;
 
 pub use soft::SoftAccel;
 
-pub use e2t_core::{Counters, Mode};
+pub use e2t_core::{Counters, Mode, PsgFallback};
 pub use e2t_numerics::{HwThreshold, PredRounding, PsgCounts};
 
 /// [`Accelerator::gemm_scaled_split_k`] as separate raw commands, one per K piece, summed on the
@@ -319,8 +319,10 @@ pub trait Accelerator: Send {
     /// as for [`Self::psg`]), summed on the host; the same threshold rule, tiles and signs as
     /// [`Self::psg`]; then the INT16 recompute as K pieces of at most `k_pieces.1`, either of each
     /// tile that holds an uncertain entry or, when that moves fewer off-chip bytes, of the whole
-    /// GEMM (then every sign is exact and every tile counts as recomputed). The host adds the
+    /// GEMM (then every sign is exact and every tile counts as recomputed). With
+    /// [`PsgFallback::Zero`] there is no recompute: uncertain entries get sign 0. The host adds the
     /// PSG counts to the counters. A zero piece length is a host-side error (no command).
+    #[allow(clippy::too_many_arguments)]
     fn psg_split_k(
         &mut self,
         a: CodeMatrix<'_>,
@@ -328,6 +330,7 @@ pub trait Accelerator: Send {
         threshold: HwThreshold,
         pred: PredRounding,
         k_pieces: (usize, usize),
+        fallback: PsgFallback,
         signs: &mut [i8],
     ) -> Result<PsgReport, AccelError>;
 

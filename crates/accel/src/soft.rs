@@ -5,7 +5,7 @@ use crate::{
     AccelError, Accelerator, ArrayShape, CodeMatrix, F32Operand, GemmOut, PsgReport, check_command,
     check_dims,
 };
-use e2t_core::{Counters, Mode};
+use e2t_core::{Counters, Mode, PsgFallback};
 use e2t_numerics::cycles::{self, OutFmt};
 use e2t_numerics::{HwThreshold, MAX_SHIFT, PredRounding, PsgCounts, requantize_unchecked};
 
@@ -97,7 +97,7 @@ impl SoftAccel {
         threshold: HwThreshold,
         pred: PredRounding,
         signs: &mut [i8],
-        pieces: Option<(usize, usize)>,
+        pieces: Option<((usize, usize), PsgFallback)>,
     ) -> Result<PsgReport, AccelError> {
         // A threshold that does not fit its CSR cannot be written: a host-side error, no command.
         let thr = threshold.effective()?;
@@ -113,6 +113,7 @@ impl SoftAccel {
         };
         gemm_exact(a, b, op, &mut p);
 
+        let zero = matches!(pieces, Some((_, PsgFallback::Zero)));
         // Classify tiles (mt outer, nt inner, as the block does) and count.
         let (mt, nt) = (m.div_ceil(tr), n.div_ceil(tc));
         let mut recompute = vec![false; mt * nt];
@@ -131,7 +132,7 @@ impl SoftAccel {
                         unc += u64::from(mag < thr);
                     }
                 }
-                let rec = unc > 0;
+                let rec = unc > 0 && !zero;
                 recompute[ti * nt + tj] = rec;
                 uncertain[ti * nt + tj] = unc;
                 counts.uncertain += unc;
@@ -145,7 +146,7 @@ impl SoftAccel {
                 cycles::psg_counters(m as u64, k as u64, n as u64, self.cycle_shape(), &uncertain)
                     .map_err(|e| AccelError::Cycles(e.to_string()))?
             }
-            Some((k8, k16)) => {
+            Some(((k8, k16), _)) => {
                 let plan = host_psg_plan(m, k, n, (tr, tc), (k8, k16), &recompute)?;
                 if plan.full {
                     // The whole INT16 result is on the host: every sign is exact.
@@ -161,7 +162,12 @@ impl SoftAccel {
         };
 
         for (s, &v) in signs.iter_mut().zip(&p) {
-            *s = v.signum() as i8;
+            // Without recompute an uncertain entry gets no update.
+            *s = if zero && v.unsigned_abs() < thr {
+                0
+            } else {
+                v.signum() as i8
+            };
         }
         if counts.recomputed_tiles > 0 {
             recompute_signs(
@@ -354,6 +360,7 @@ impl Accelerator for SoftAccel {
         self.psg_with(a, b, threshold, pred, signs, None)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn psg_split_k(
         &mut self,
         a: CodeMatrix<'_>,
@@ -361,12 +368,13 @@ impl Accelerator for SoftAccel {
         threshold: HwThreshold,
         pred: PredRounding,
         k_pieces: (usize, usize),
+        fallback: PsgFallback,
         signs: &mut [i8],
     ) -> Result<PsgReport, AccelError> {
         if k_pieces.0 == 0 || k_pieces.1 == 0 {
             return Err(AccelError::Dims { m: 0, k: 0, n: 0 });
         }
-        self.psg_with(a, b, threshold, pred, signs, Some(k_pieces))
+        self.psg_with(a, b, threshold, pred, signs, Some((k_pieces, fallback)))
     }
 
     fn snapshot(&mut self) -> Counters {
@@ -684,6 +692,7 @@ mod tests {
         ) -> Result<PsgReport, AccelError> {
             self.0.psg(a, b, threshold, pred, signs)
         }
+        #[allow(clippy::too_many_arguments)]
         fn psg_split_k(
             &mut self,
             a: CodeMatrix<'_>,
@@ -691,9 +700,11 @@ mod tests {
             threshold: HwThreshold,
             pred: PredRounding,
             k_pieces: (usize, usize),
+            fallback: PsgFallback,
             signs: &mut [i8],
         ) -> Result<PsgReport, AccelError> {
-            self.0.psg_split_k(a, b, threshold, pred, k_pieces, signs)
+            self.0
+                .psg_split_k(a, b, threshold, pred, k_pieces, fallback, signs)
         }
         fn snapshot(&mut self) -> Counters {
             self.0.snapshot()
@@ -768,6 +779,71 @@ mod tests {
     }
 
     #[test]
+    fn psg_without_recompute_zeroes_uncertain_signs_and_sends_only_the_prediction() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0008);
+        let (m, k, n) = (9, 300, 7);
+        let a = codes(&mut rng, m * k, 1);
+        let b = codes(&mut rng, k * n, 1);
+        let am = CodeMatrix::row_major(&a, m, k).unwrap();
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        let pred = PredRounding::Nearest;
+        let ap: Vec<i16> = a.iter().map(|&v| pred.prediction_code(v)).collect();
+        let bp: Vec<i16> = b.iter().map(|&v| pred.prediction_code(v)).collect();
+        let p = gemm_ref(&ap, &bp, m, k, n, Mode::Int8).unwrap();
+        let mut mags: Vec<u64> = p.iter().map(|v| v.unsigned_abs()).collect();
+        mags.sort_unstable();
+        let thr = mags[mags.len() / 3];
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let mut signs = vec![9i8; m * n];
+        let rep = acc
+            .psg_split_k(
+                am,
+                bm,
+                HwThreshold::Absolute(thr),
+                pred,
+                (128, 64),
+                PsgFallback::Zero,
+                &mut signs,
+            )
+            .unwrap();
+        let want: Vec<i8> = p
+            .iter()
+            .map(|&v| {
+                if v.unsigned_abs() < thr {
+                    0
+                } else {
+                    v.signum() as i8
+                }
+            })
+            .collect();
+        assert_eq!(signs, want);
+        let uncertain = p.iter().filter(|v| v.unsigned_abs() < thr).count() as u64;
+        assert!(uncertain > 0);
+        assert_eq!(rep.counts.uncertain, uncertain);
+        assert_eq!(rep.counts.recomputed_tiles, 0);
+        // Only the INT8 prediction pieces (128 + 128 + 44), no INT16 command.
+        let c = acc.snapshot();
+        let mut reference = SoftAccel::new(4, 4).unwrap();
+        let mut out = vec![0i64; m * n];
+        for k0 in (0..k).step_by(128) {
+            let k1 = (k0 + 128).min(k);
+            reference
+                .gemm(
+                    am.sub(0, m, k0, k1),
+                    bm.sub(k0, k1, 0, n),
+                    Mode::Int8,
+                    GemmOut::Raw(&mut out),
+                )
+                .unwrap();
+        }
+        let mut r = reference.snapshot();
+        r.psg_predicted = (m * n) as u64;
+        r.psg_uncertain = uncertain;
+        assert_eq!(c, r);
+        assert_eq!((c.gemms, c.macs_int16), (3, 0));
+    }
+
+    #[test]
     fn host_psg_over_pieces_keeps_the_signs_and_counts_its_commands() {
         let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0007);
         let (m, k, n) = (10, 2600, 6);
@@ -793,7 +869,15 @@ mod tests {
             let (mut s1, mut s2) = (vec![0i8; m * n], vec![0i8; m * n]);
             let r1 = unit.psg(am, bm, th, pred, &mut s1).unwrap();
             let r2 = host
-                .psg_split_k(am, bm, th, pred, (2048, 1024), &mut s2)
+                .psg_split_k(
+                    am,
+                    bm,
+                    th,
+                    pred,
+                    (2048, 1024),
+                    PsgFallback::Recompute,
+                    &mut s2,
+                )
                 .unwrap();
             assert_eq!(r1.max_abs_p, r2.max_abs_p);
             // MAX_P follows OP_PSG commands only; the host PSG sends plain GEMMs.
@@ -881,8 +965,16 @@ mod tests {
         let mut acc = SoftAccel::new(4, 4).unwrap();
         let mut sg = vec![0i8; m * n];
         assert!(
-            acc.psg_split_k(am, bm, HwThreshold::Absolute(1), pred, (0, 1024), &mut sg)
-                .is_err()
+            acc.psg_split_k(
+                am,
+                bm,
+                HwThreshold::Absolute(1),
+                pred,
+                (0, 1024),
+                PsgFallback::Recompute,
+                &mut sg
+            )
+            .is_err()
         );
     }
 

@@ -97,7 +97,7 @@ impl Session<'_> {
         match m {
             Msg::Step(b) => {
                 if let Some(r) = self.last.as_ref().filter(|r| r.seq == b.seq) {
-                    return Msg::StepDone(r.clone());
+                    return Msg::StepDone(Box::new(r.clone()));
                 }
                 let before = self.power.sample();
                 match engine.step(&b) {
@@ -105,7 +105,7 @@ impl Session<'_> {
                         r.power.extend(before);
                         r.power.extend(self.power.sample());
                         self.last = Some(r.clone());
-                        Msg::StepDone(r)
+                        Msg::StepDone(Box::new(r))
                     }
                     Err(e) => err(engine_code(&e), e.detail()),
                 }

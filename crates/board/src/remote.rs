@@ -597,7 +597,7 @@ impl StepEngine for RemoteEngine {
     fn step(&mut self, batch: &Batch) -> Result<StepResult, EngineError> {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         let r = match g.request(Msg::Step(batch.clone())) {
-            Ok(Msg::StepDone(r)) => r,
+            Ok(Msg::StepDone(r)) => *r,
             Ok(other) => {
                 return Err(RemoteError::Unexpected {
                     request: "Step",

@@ -92,6 +92,17 @@ pub enum PsgThreshold {
     Adaptive(f32),
 }
 
+/// What PSG does with an uncertain entry (|P| under the threshold).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PsgFallback {
+    /// Recompute it in INT16 (tile granularity) and take the exact sign (the PSG).
+    #[default]
+    Recompute,
+    /// Give it sign 0 (no update) and skip the INT16 recompute: the reference code's
+    /// `--sparsify`. The weight gradient then costs only its INT8 prediction.
+    Zero,
+}
+
 /// Which parameters train (fine-tuning baselines).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrainOnly {
@@ -123,6 +134,9 @@ pub struct MethodConfig {
     /// gradient's size, so at the normal rate short runs diverge; the reference relies on long
     /// schedules instead. 1.0 reproduces the reference.
     pub psg_lr_scale: f32,
+    /// What PSG does with uncertain entries.
+    #[serde(default)]
+    pub psg_fallback: PsgFallback,
 }
 
 impl MethodConfig {
@@ -142,6 +156,7 @@ impl MethodConfig {
             // about 5% and better accuracy in short Fashion-MNIST runs (docs/results.md).
             psg_threshold: PsgThreshold::Adaptive(0.001),
             psg_lr_scale: 0.1,
+            psg_fallback: PsgFallback::Recompute,
         }
     }
     pub fn baseline() -> Self {

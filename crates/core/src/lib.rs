@@ -9,12 +9,13 @@ pub mod counters;
 pub mod step;
 
 pub use config::{
-    EngineConfig, InputShape, MethodConfig, ModelKind, Precision, PsgThreshold, TrainOnly,
+    EngineConfig, InputShape, MethodConfig, ModelKind, Precision, PsgFallback, PsgThreshold,
+    TrainOnly,
 };
 pub use counters::Counters;
 pub use step::{
-    Batch, EngineError, EvalResult, LayerPsgStats, PowerSample, Rail, StepDiag, StepEngine,
-    StepResult,
+    Batch, EngineError, EvalResult, LayerPsgStats, PhaseCounters, PowerSample, Rail, StepDiag,
+    StepEngine, StepResult,
 };
 
 use serde::{Deserialize, Serialize};

@@ -99,12 +99,42 @@ pub struct LayerPsgStats {
     pub recomputed_tiles: u64,
 }
 
+/// Accelerator work split by the GEMM phase it served (the three add up to the step's counters).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseCounters {
+    /// Forward convolutions and linear layers (incl. the SLU gate's).
+    pub forward: Counters,
+    /// Input gradients.
+    pub backward_data: Counters,
+    /// Weight gradients (PSG prediction and recompute included).
+    pub weight_gradient: Counters,
+}
+
+impl PhaseCounters {
+    /// The phases' names as written in `diagnostics.csv`, with their counters.
+    pub fn named(&self) -> [(&'static str, &Counters); 3] {
+        [
+            ("forward", &self.forward),
+            ("backward_data", &self.backward_data),
+            ("weight_gradient", &self.weight_gradient),
+        ]
+    }
+
+    pub fn accumulate(&mut self, o: &PhaseCounters) {
+        self.forward.accumulate(&o.forward);
+        self.backward_data.accumulate(&o.backward_data);
+        self.weight_gradient.accumulate(&o.weight_gradient);
+    }
+}
+
 /// Per-step diagnostics the paper's reviewers asked for.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepDiag {
     pub psg: Vec<LayerPsgStats>,
     /// Per gated block: (executed samples, total samples).
     pub slu_executed: Vec<(String, u32, u32)>,
+    /// Where the step's accelerator work went (zero for the fp32 engine).
+    pub phases: PhaseCounters,
 }
 
 /// What one training step returns.

@@ -6,7 +6,9 @@
 //! `--config runs/X/config.toml` repeats a run and `--resume runs/X` continues it.
 
 use crate::HostError;
-use e2t_core::{EngineConfig, MethodConfig, ModelKind, Precision, PsgThreshold, TrainOnly};
+use e2t_core::{
+    EngineConfig, MethodConfig, ModelKind, Precision, PsgFallback, PsgThreshold, TrainOnly,
+};
 use e2t_data::{Dataset, DatasetName};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -112,7 +114,7 @@ pub struct Settings {
     #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_target: Option<f64>,
-    /// SLU: weight of the computation-cost regulariser [default: 1e-5]
+    /// SLU: weight of the computation-cost regulariser [default: 1.0]
     #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_beta: Option<f64>,
@@ -128,6 +130,11 @@ pub struct Settings {
     #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub psg_lr_scale: Option<f64>,
+    /// PSG: what an uncertain entry gets: `recompute` (exact sign from an INT16 recompute of its
+    /// tile) or `zero` (sign 0, no recompute: the reference code's --sparsify) [default: recompute]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psg_fallback: Option<String>,
     /// Accelerator MAC array shape RxC [default: 16x16]
     #[arg(long, value_name = "RxC")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -324,6 +331,25 @@ pub fn parse_psg_threshold(s: &str) -> Result<PsgThreshold, HostError> {
     }
 }
 
+/// Parse `recompute` or `zero`.
+pub fn parse_psg_fallback(s: &str) -> Result<PsgFallback, HostError> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "recompute" => Ok(PsgFallback::Recompute),
+        "zero" | "sparsify" => Ok(PsgFallback::Zero),
+        _ => Err(bad(
+            "psg_fallback",
+            format!("'{s}' is not a fallback: expected recompute or zero"),
+        )),
+    }
+}
+
+fn psg_fallback_str(f: PsgFallback) -> &'static str {
+    match f {
+        PsgFallback::Recompute => "recompute",
+        PsgFallback::Zero => "zero",
+    }
+}
+
 fn psg_threshold_str(t: PsgThreshold) -> String {
     match t {
         PsgThreshold::Absolute(v) => format!("abs:{v}"),
@@ -515,6 +541,9 @@ impl Settings {
             }
             method.psg_lr_scale = f as f32;
         }
+        if let Some(f) = &self.psg_fallback {
+            method.psg_fallback = parse_psg_fallback(f)?;
+        }
         let array = parse_array(self.array.as_deref().unwrap_or("16x16"))?;
         let train_only = match self
             .train_only
@@ -676,6 +705,7 @@ impl RunConfig {
             psg: Some(m.psg),
             psg_threshold: Some(psg_threshold_str(m.psg_threshold)),
             psg_lr_scale: Some(pretty(m.psg_lr_scale)),
+            psg_fallback: Some(psg_fallback_str(m.psg_fallback).into()),
             array: Some(format!("{}x{}", self.array.0, self.array.1)),
             init: self.init.clone(),
             train_only: Some(match self.train_only {
@@ -813,6 +843,8 @@ mod tests {
             "0.25",
             "--psg-threshold",
             "abs:5e-5",
+            "--psg-fallback",
+            "zero",
             "--array",
             "8x4",
             "--schedule",
@@ -827,6 +859,7 @@ mod tests {
         assert!(c.method.smd && c.method.slu && !c.method.psg);
         assert_eq!(c.method.smd_p, 0.25);
         assert_eq!(c.method.psg_threshold, PsgThreshold::Absolute(5e-5));
+        assert_eq!(c.method.psg_fallback, PsgFallback::Zero);
         assert_eq!(c.array, (8, 4));
         assert_eq!(
             c.schedule,
@@ -854,6 +887,7 @@ mod tests {
             (vec!["--psg-threshold", "5e-5"], "--psg-threshold"),
             (vec!["--psg-threshold", "rel:2"], "--psg-threshold"),
             (vec!["--psg-threshold", "foo:1"], "--psg-threshold"),
+            (vec!["--psg-fallback", "exact"], "--psg-fallback"),
             (vec!["--smd-p", "1"], "--smd-p"),
             (vec!["--slu-target", "0"], "--slu-target"),
             (vec!["--momentum", "1"], "--momentum"),

@@ -4,7 +4,7 @@ use crate::HostError;
 use crate::atomic::{clean_stale, write_atomic};
 use crate::config::RunConfig;
 use crate::schedule::LrSchedule;
-use e2t_core::{Batch, Counters, EngineConfig, EvalResult, StepEngine, StepResult};
+use e2t_core::{Batch, Counters, EngineConfig, EvalResult, PhaseCounters, StepEngine, StepResult};
 use e2t_data::batch::rng_for;
 use e2t_data::{Dataset, EpochPlan};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -112,6 +112,8 @@ struct EpochAcc {
     psg: Vec<(String, [u64; 4])>,
     /// Per gated block: executed samples, total samples.
     slu: Vec<(String, u64, u64)>,
+    /// Accelerator work by GEMM phase.
+    phases: PhaseCounters,
 }
 
 impl EpochAcc {
@@ -128,6 +130,7 @@ impl EpochAcc {
                 None => self.psg.push((l.layer.clone(), v)),
             }
         }
+        self.phases.accumulate(&r.diag.phases);
         for (name, ex, tot) in &r.diag.slu_executed {
             match self.slu.iter_mut().find(|(n, _, _)| n == name) {
                 Some((_, e, t)) => {
@@ -162,6 +165,14 @@ impl EpochAcc {
             push("slu_executed", name, *e as f64);
             push("slu_total", name, *t as f64);
             push("slu_executed_fraction", name, frac(*e, *t));
+        }
+        if self.phases != PhaseCounters::default() {
+            for (name, c) in self.phases.named() {
+                push("phase_macs_int8", name, c.macs_int8 as f64);
+                push("phase_macs_int16", name, c.macs_int16 as f64);
+                push("phase_bytes_in", name, c.bytes_in as f64);
+                push("phase_bytes_out", name, c.bytes_out as f64);
+            }
         }
         rows
     }

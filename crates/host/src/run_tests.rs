@@ -4,7 +4,8 @@
 use super::*;
 use crate::config::{Schedule, Settings};
 use e2t_core::{
-    EngineError, InputShape, LayerPsgStats, MethodConfig, ModelKind, StepDiag, TrainOnly,
+    EngineError, InputShape, LayerPsgStats, MethodConfig, ModelKind, PhaseCounters, StepDiag,
+    TrainOnly,
 };
 use e2t_data::Split;
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,11 @@ impl StepEngine for Toy {
                     recomputed_tiles: 1,
                 }],
                 slu_executed: vec![("block1".into(), (n / 2) as u32, n as u32)],
+                // All of the toy's work is its one forward GEMM.
+                phases: PhaseCounters {
+                    forward: counters,
+                    ..Default::default()
+                },
             },
         })
     }
@@ -389,7 +395,13 @@ fn run_folder_files_and_csv_columns() {
     assert!(dl.contains(&"1,psg_predicted,fc,960"), "{diag}");
     assert!(dl.contains(&"1,psg_recomputed_fraction,fc,0.25"), "{diag}");
     assert!(dl.contains(&"3,slu_total,block1,60"), "{diag}");
-    assert_eq!(dl.len(), 1 + 3 * 9);
+    // Phase rows sum the steps' phase counters: the epoch's 60 samples x 16 px x 3 classes.
+    assert!(dl.contains(&"2,phase_macs_int16,forward,2880"), "{diag}");
+    assert!(
+        dl.contains(&"2,phase_macs_int16,weight_gradient,0"),
+        "{diag}"
+    );
+    assert_eq!(dl.len(), 1 + 3 * (9 + 12));
 
     let js: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(SUMMARY_FILE)).unwrap()).unwrap();

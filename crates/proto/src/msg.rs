@@ -7,8 +7,8 @@
 use e2t_core::{Batch, Counters, EngineConfig, EvalResult, Mode, Precision, Rail, StepResult};
 use serde::{Deserialize, Serialize};
 
-/// Bump on any change of [`Msg`]'s encoding.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Bump on any change of [`Msg`]'s encoding (3: `MethodConfig::psg_fallback`).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// "E2TL": guards against talking to something that is not an e2train agent at all.
 pub const MAGIC: u32 = 0x4532_544c;
 /// Largest encoded message either side accepts (a CIFAR batch of 512 is 1.5 MiB).
@@ -100,7 +100,9 @@ pub enum Msg {
     /// Generic success without data (Configure, Skip, PutCheckpoint, Reset).
     Ack,
     Step(Batch),
-    StepDone(StepResult),
+    /// Boxed: a step result is much larger than the other messages (postcard encodes a box as
+    /// its content, so the wire format is that of `StepResult`).
+    StepDone(Box<StepResult>),
     Skip {
         lr: f32,
     },
@@ -212,7 +214,8 @@ pub fn decode_msg(bytes: &[u8]) -> Result<Msg, ProtoError> {
 mod tests {
     use super::*;
     use e2t_core::{
-        InputShape, LayerPsgStats, MethodConfig, ModelKind, PowerSample, StepDiag, TrainOnly,
+        InputShape, LayerPsgStats, MethodConfig, ModelKind, PhaseCounters, PowerSample, StepDiag,
+        TrainOnly,
     };
     use proptest::prelude::*;
 
@@ -290,6 +293,13 @@ mod tests {
                         })
                         .collect(),
                     slu_executed: vec![("b1".into(), 3, 8)],
+                    phases: PhaseCounters {
+                        backward_data: Counters {
+                            bytes_out: 77,
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    },
                 },
             })
     }
@@ -319,7 +329,7 @@ mod tests {
                     labels,
                 })
             }),
-            step_result().prop_map(Msg::StepDone),
+            step_result().prop_map(|r| Msg::StepDone(Box::new(r))),
             any::<f32>().prop_map(|lr| Msg::Skip { lr }),
             (bytes(), bytes()).prop_map(|(images, labels)| Msg::Evaluate { images, labels }),
             (any::<f64>(), any::<u64>(), any::<u64>()).prop_map(|(loss_sum, correct, samples)| {

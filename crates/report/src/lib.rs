@@ -124,6 +124,14 @@ pub(crate) mod testutil {
                 "{e},slu_executed_fraction,block1,{}\n",
                 0.5 + 0.01 * seed as f64
             ));
+            for (i, phase) in ["forward", "backward_data", "weight_gradient"]
+                .into_iter()
+                .enumerate()
+            {
+                let gb = (i + 1) as f64 * 1e9;
+                diag.push_str(&format!("{e},phase_bytes_in,{phase},{}\n", 0.75 * gb));
+                diag.push_str(&format!("{e},phase_bytes_out,{phase},{}\n", 0.25 * gb));
+            }
         }
         std::fs::write(dir.join("epochs.csv"), csv).unwrap();
         std::fs::write(dir.join("diagnostics.csv"), diag).unwrap();

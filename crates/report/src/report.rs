@@ -197,6 +197,7 @@ pub fn write_report_with(
             interval(g.top1_delta.as_ref(), scale, ""),
         );
     }
+    write_phase_table(&mut md, &runs);
     let _ = writeln!(md, "\n## Plots\n");
     for p in &plot_results {
         match p {
@@ -252,6 +253,72 @@ pub fn write_report_with(
         baseline,
         notes,
     })
+}
+
+/// The GEMM phases as `diagnostics.csv` names them, with their titles.
+const PHASES: [(&str, &str); 3] = [
+    ("forward", "forward"),
+    ("backward_data", "backward data"),
+    ("weight_gradient", "weight gradient"),
+];
+
+/// Off-chip operand and result bytes per GEMM phase, mean per run of each group (runs without
+/// phase rows, e.g. fp32 or older runs, are left out): where the traffic, and so most of the
+/// energy, goes.
+fn write_phase_table(md: &mut String, runs: &[crate::RunData]) {
+    let mut groups: Vec<(String, usize, [f64; 3])> = Vec::new();
+    for r in runs {
+        let Some(d) = &r.diagnostics else { continue };
+        let mut bytes = [0.0; 3];
+        let mut any = false;
+        for row in d
+            .iter()
+            .filter(|x| x.kind == "phase_bytes_in" || x.kind == "phase_bytes_out")
+        {
+            if let Some(i) = PHASES.iter().position(|(n, _)| *n == row.name) {
+                bytes[i] += row.value;
+                any = true;
+            }
+        }
+        if !any {
+            continue;
+        }
+        match groups.iter_mut().find(|(g, _, _)| *g == r.group) {
+            Some((_, n, b)) => {
+                *n += 1;
+                b.iter_mut().zip(bytes).for_each(|(a, x)| *a += x);
+            }
+            None => groups.push((r.group.clone(), 1, bytes)),
+        }
+    }
+    if groups.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\n## Off-chip traffic by GEMM phase\n");
+    let _ = writeln!(
+        md,
+        "Operand bytes in plus result bytes out over the whole run, mean per run, GB (share of the \
+         group's total).\n"
+    );
+    let titles: Vec<&str> = PHASES.iter().map(|(_, t)| *t).collect();
+    let _ = writeln!(md, "| group | n | {} | total |", titles.join(" | "));
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (g, n, b) in &groups {
+        let total: f64 = b.iter().sum();
+        let cells: Vec<String> = b
+            .iter()
+            .map(|x| {
+                let share = if total > 0.0 { 100.0 * x / total } else { 0.0 };
+                format!("{} ({:.0}%)", sig(x / *n as f64 / 1e9), share)
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {g} | {n} | {} | {} |",
+            cells.join(" | "),
+            sig(total / *n as f64 / 1e9)
+        );
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +377,11 @@ mod tests {
                 "report does not embed {file}"
             );
         }
+        // Phase traffic: the fake runs move 1 + 2 + 3 GB (in + out) per epoch, 4 epochs.
+        assert!(
+            md.contains("| baseline | 3 | 4.000 (17%) | 8.000 (33%) | 12.00 (50%) | 24.00 |"),
+            "{md}"
+        );
         let classes = std::fs::read_to_string(out.join("energy_by_class.svg")).unwrap();
         assert!(classes.contains("off-chip memory") && classes.contains("smd+slu+psg"));
         let psg = std::fs::read_to_string(out.join("psg_uncertain_share.svg")).unwrap();

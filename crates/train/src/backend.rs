@@ -7,7 +7,7 @@ use crate::layers::{im2col, rows};
 use e2t_accel::{
     AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, ConvCodes, Im2colGeom, SoftAccel,
 };
-use e2t_core::{Counters, EngineConfig, EngineError, LayerPsgStats, Mode};
+use e2t_core::{Counters, EngineConfig, EngineError, LayerPsgStats, Mode, PhaseCounters};
 use e2t_nn::GemmEngine;
 use ndarray::{Array4, ArrayView2, ArrayViewMut2};
 use std::borrow::Cow;
@@ -86,6 +86,10 @@ pub trait Backend: Send {
     fn counters(&mut self) -> Counters;
     /// PSG statistics per GEMM layer id since the last call.
     fn take_psg_stats(&mut self) -> Vec<LayerPsgStats>;
+    /// The counters since the last call, split by GEMM phase (zero for fp32).
+    fn take_phase_counters(&mut self) -> PhaseCounters {
+        PhaseCounters::default()
+    }
     /// Opaque backend state that must survive a checkpoint (e.g. adaptive PSG thresholds).
     fn state(&self) -> Vec<u8>;
     fn set_state(&mut self, bytes: &[u8]) -> Result<(), String>;
@@ -209,6 +213,8 @@ impl e2t_nn::GemmEngine for NdGemm {
 /// configuration around the call.
 pub struct AccelBackend {
     gemm: AccelGemm<SoftAccel>,
+    /// Counters per phase since the last `take_phase_counters`.
+    phases: PhaseCounters,
     /// The method's configuration (PSG threshold rule, rounding).
     base: AccelGemmConfig,
 }
@@ -219,12 +225,26 @@ impl AccelBackend {
             .map_err(|e| EngineError::Config(format!("accelerator array: {e}")))?;
         Ok(AccelBackend {
             gemm: AccelGemm::new(accel, cfg),
+            phases: PhaseCounters::default(),
             base: cfg,
         })
     }
     /// The first accelerator error since the last call (the GEMM seam cannot return errors).
     pub fn take_error(&mut self) -> Option<String> {
         self.gemm.take_error().map(|e| e.to_string())
+    }
+
+    /// Runs `f` and books the counter delta it caused under `phase`.
+    fn booked<R>(
+        &mut self,
+        phase: fn(&mut PhaseCounters) -> &mut Counters,
+        f: impl FnOnce(&mut AccelGemm<SoftAccel>) -> R,
+    ) -> R {
+        let before = self.gemm.accel().live_counters();
+        let r = f(&mut self.gemm);
+        let d = self.gemm.accel().live_counters().delta_since(&before);
+        phase(&mut self.phases).accumulate(&d);
+        r
     }
 }
 
@@ -241,7 +261,7 @@ impl Backend for AccelBackend {
             forward_mode: mode,
             ..self.base
         });
-        self.gemm.forward(layer, x, w, y);
+        self.booked(|p| &mut p.forward, |g| g.forward(layer, x, w, y));
     }
     fn backward_data(
         &mut self,
@@ -251,7 +271,10 @@ impl Backend for AccelBackend {
         dx: ArrayViewMut2<'_, f32>,
     ) {
         self.gemm.set_config(self.base);
-        self.gemm.backward_data(layer, dy, w, dx);
+        self.booked(
+            |p| &mut p.backward_data,
+            |g| g.backward_data(layer, dy, w, dx),
+        );
     }
     fn backward_weight(
         &mut self,
@@ -270,7 +293,10 @@ impl Backend for AccelBackend {
             backward_weight: bw,
             ..self.base
         });
-        self.gemm.backward_weight(layer, x, dy, dw);
+        self.booked(
+            |p| &mut p.weight_gradient,
+            |g| g.backward_weight(layer, x, dy, dw),
+        );
     }
     fn conv_forward(
         &mut self,
@@ -286,8 +312,10 @@ impl Backend for AccelBackend {
             ..self.base
         });
         let xs = nhwc_slice(x);
-        self.gemm
-            .conv_forward(layer, &xs, im2col_geom(x, geom), w, y)
+        self.booked(
+            |p| &mut p.forward,
+            |g| g.conv_forward(layer, &xs, im2col_geom(x, geom), w, y),
+        )
     }
     fn conv_backward_weight(
         &mut self,
@@ -309,14 +337,19 @@ impl Backend for AccelBackend {
             ..self.base
         });
         let xs = nhwc_slice(x);
-        self.gemm
-            .conv_backward_weight(layer, &xs, im2col_geom(x, geom), cached, dy, dw);
+        self.booked(
+            |p| &mut p.weight_gradient,
+            |g| g.conv_backward_weight(layer, &xs, im2col_geom(x, geom), cached, dy, dw),
+        );
     }
     fn counters(&mut self) -> Counters {
         self.gemm.accel().live_counters()
     }
     fn take_psg_stats(&mut self) -> Vec<LayerPsgStats> {
         self.gemm.take_psg_stats()
+    }
+    fn take_phase_counters(&mut self) -> PhaseCounters {
+        std::mem::take(&mut self.phases)
     }
     fn state(&self) -> Vec<u8> {
         bincode::serialize(&self.gemm.state()).expect("plain data serializes")

@@ -389,6 +389,8 @@ impl StepEngine for E2TrainEngine {
         let x = self.to_input(&batch.images, n);
         self.backend.begin_step(self.steps);
         let before = self.backend.counters();
+        // Phases count this step only (evaluation between steps is not training work).
+        let _ = self.backend.take_phase_counters();
         self.net.visit_params(&mut |p| p.zero_grad());
         let all = self.cfg.train_only == TrainOnly::All;
         // Fine-tuning the last layer keeps the backbone (BN statistics, gates) frozen: eval mode.
@@ -452,6 +454,7 @@ impl StepEngine for E2TrainEngine {
         let diag = StepDiag {
             psg: self.psg_diag(),
             slu_executed,
+            phases: self.backend.take_phase_counters(),
         };
         self.steps += 1;
         self.last_seq = Some(batch.seq);

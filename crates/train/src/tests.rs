@@ -893,6 +893,57 @@ fn e2train_counts_fewer_int16_equivalent_macs_than_the_baseline() {
 }
 
 #[test]
+fn phase_counters_split_each_step_and_psg_without_recompute_has_no_int16_weight_gradient() {
+    let step = |method: MethodConfig| {
+        let cfg = accel_cfg(ModelKind::ResNet { depth: 8 }, 8, method);
+        let mut eng = crate::build_engine(&cfg).expect("engine");
+        eng.step(&batch(1, 8, 8, 0.05)).expect("step");
+        // An evaluation between steps is not part of the next step's phases.
+        let _ = eng
+            .evaluate(&vec![0u8; 4 * 64], &[0, 1, 2, 3])
+            .expect("eval");
+        eng.step(&batch(2, 8, 8, 0.05)).expect("step")
+    };
+    for method in [
+        MethodConfig::baseline(),
+        MethodConfig {
+            psg: true,
+            ..MethodConfig::baseline()
+        },
+        MethodConfig {
+            psg: true,
+            psg_fallback: e2t_core::PsgFallback::Zero,
+            ..MethodConfig::baseline()
+        },
+    ] {
+        let r = step(method.clone());
+        let p = r.diag.phases;
+        let mut sum = e2t_core::Counters::default();
+        for (_, c) in p.named() {
+            sum.accumulate(c);
+        }
+        assert_eq!(sum, r.counters, "{method:?}");
+        // Input gradients are INT16 in every method.
+        assert_eq!(p.backward_data.macs_int8, 0);
+        assert!(p.backward_data.macs_int16 > 0);
+        if method.psg {
+            assert_eq!(p.forward.macs_int16, 0, "PSG forward is INT8");
+            assert!(p.weight_gradient.macs_int8 > 0, "prediction");
+        }
+        if method.psg_fallback == e2t_core::PsgFallback::Zero && method.psg {
+            // Only the classifier's exact (non-PSG) weight gradient is INT16: batch 8 x 64 x 4.
+            assert_eq!(
+                p.weight_gradient.macs_int16,
+                8 * 64 * 4,
+                "{:?}",
+                p.weight_gradient
+            );
+            assert_eq!(p.weight_gradient.psg_recomputed_tiles, 0);
+        }
+    }
+}
+
+#[test]
 fn accelerator_runs_are_reproducible_and_restore_bit_identically() {
     let method = MethodConfig {
         slu_beta: 1.0,
