@@ -1432,16 +1432,7 @@ mod tests {
         let xp: Vec<i16> = xt.iter().map(|&v| pred.prediction_code(v)).collect();
         let dp: Vec<i16> = qd.iter().map(|&v| pred.prediction_code(v)).collect();
         let p = gemm_ref(&xp, &dp, 8, 40, 8, Mode::Int8).unwrap();
-        let want: Vec<i8> = p
-            .iter()
-            .map(|&v| {
-                if v.unsigned_abs() < thr {
-                    0
-                } else {
-                    v.signum() as i8
-                }
-            })
-            .collect();
+        let want = crate::soft::zeroed_uncertain_signs(&p, thr);
         assert_eq!(dw.iter().map(|&v| v as i8).collect::<Vec<_>>(), want);
         let s = e.take_psg_stats();
         assert_eq!(s[0].recomputed_tiles, 0);

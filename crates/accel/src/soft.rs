@@ -518,6 +518,20 @@ fn recompute_signs(
     }
 }
 
+/// Test oracle of PSG without recompute: the prediction's signs, 0 where `|P| < thr`.
+#[cfg(test)]
+pub(crate) fn zeroed_uncertain_signs(p: &[i64], thr: u64) -> Vec<i8> {
+    p.iter()
+        .map(|&v| {
+            if v.unsigned_abs() < thr {
+                0
+            } else {
+                v.signum() as i8
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -806,16 +820,7 @@ mod tests {
                 &mut signs,
             )
             .unwrap();
-        let want: Vec<i8> = p
-            .iter()
-            .map(|&v| {
-                if v.unsigned_abs() < thr {
-                    0
-                } else {
-                    v.signum() as i8
-                }
-            })
-            .collect();
+        let want = zeroed_uncertain_signs(&p, thr);
         assert_eq!(signs, want);
         let uncertain = p.iter().filter(|v| v.unsigned_abs() < thr).count() as u64;
         assert!(uncertain > 0);
