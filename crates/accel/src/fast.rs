@@ -1,5 +1,9 @@
 //! Exact integer GEMM on floating-point hardware.
 //!
+//! On x86-64 CPUs with AVX2, [`gemm_exact_to`] and [`gemm_exact_f32`] run the integer kernel of
+//! `intgemm` instead (same results, bit for bit); the float path below is the fallback elsewhere
+//! and the tests' oracle ([`float_gemm_to`], [`float_gemm_f32`]).
+//!
 //! Codes are converted to floats holding small integers and multiplied with the `gemm` crate. Every
 //! partial sum stays an integer below the float's exact range, so the result is exact:
 //! - INT16 operands (|product| <= 2^30) in f64: exact while at most 2^23 products are summed (2^20
@@ -19,6 +23,8 @@
 //! With few rows and a long K (weight gradients) one block holds all rows, so A is read once.
 //! Results do not depend on the split: integer sums are exact and combined with wrapping adds.
 
+#[cfg(target_arch = "x86_64")]
+use crate::intgemm::{self, APack, Conv, as_i16, pack_kpair, pack_row};
 use crate::matrix::CodeMatrix;
 use e2t_numerics::{high_byte_nearest, wrap48};
 use gemm::Parallelism;
@@ -150,6 +156,15 @@ impl Out<'_> {
 pub(crate) fn gemm_exact_to(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     debug_assert_eq!(a.cols(), b.rows());
     debug_assert_eq!(out.len(), a.rows() * b.cols());
+    #[cfg(target_arch = "x86_64")]
+    if intgemm::available() {
+        return intgemm::gemm(a, b, op, out);
+    }
+    float_gemm_to(a, b, op, out)
+}
+
+/// [`gemm_exact_to`] on the float path (the fallback without AVX2, and the tests' oracle).
+pub(crate) fn float_gemm_to(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     match op {
         Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, op, out),
         Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, op, out),
@@ -162,6 +177,15 @@ pub(crate) fn gemm_exact_to(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand, o
 pub(crate) fn gemm_exact_f32(a: F32Lhs<'_>, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     debug_assert_eq!(a.data.len(), a.rows * a.cols);
     debug_assert_eq!(a.cols, b.rows());
+    #[cfg(target_arch = "x86_64")]
+    if intgemm::available() {
+        return intgemm::gemm(a, b, op, out);
+    }
+    float_gemm_f32(a, b, op, out)
+}
+
+/// [`gemm_exact_f32`] on the float path.
+pub(crate) fn float_gemm_f32(a: F32Lhs<'_>, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     match op {
         Operand::Full => run::<f64, _, _>(a, b, |c| c as i32, op, out),
         Operand::HighFloor => run::<f32, _, _>(a, b, |c| (c >> 8) as i32, op, out),
@@ -519,7 +543,7 @@ fn block_run<T: Flt, F: Fn(i16) -> i32, L: Lhs>(
 /// One output entry of a scaled command: the raw accumulator, or its 16-bit requantized code,
 /// times the column's scale.
 #[inline(always)]
-fn dequant(acc: i64, requant: Option<u32>, scale: f64) -> f32 {
+pub(crate) fn dequant(acc: i64, requant: Option<u32>, scale: f64) -> f32 {
     match requant {
         None => (acc as f64 * scale) as f32,
         Some(s) => (f64::from(e2t_numerics::requantize_unchecked(acc, s)) * scale) as f32,
@@ -579,6 +603,12 @@ pub(crate) trait Lhs: Sync {
         kc: usize,
         abuf: &mut [T],
     ) -> (isize, isize);
+    /// Rows `r0..r0+rows`, columns `kk..kk+kc` (`kk` even, `kc <= 2 * KPACK_MAX`) as K pairs
+    /// of `C`'s A multiplicands for the integer kernel, odd `kc` padded with 0: packed into `buf`
+    /// (at least `rows * kc.div_ceil(2)` pairs), or in place when the source already is that.
+    #[cfg(target_arch = "x86_64")]
+    fn pack<C: Conv>(&self, r0: usize, rows: usize, kk: usize, kc: usize, buf: &mut [i32])
+    -> APack;
 }
 
 impl Lhs for CodeMatrix<'_> {
@@ -627,7 +657,67 @@ impl Lhs for CodeMatrix<'_> {
             (1, kc as isize)
         }
     }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn pack<C: Conv>(
+        &self,
+        r0: usize,
+        rows: usize,
+        kk: usize,
+        kc: usize,
+        buf: &mut [i32],
+    ) -> APack {
+        let (rs, cs) = (self.row_stride(), self.col_stride());
+        let data = self.data();
+        let kp = kc.div_ceil(2);
+        if cs == 1 && C::SPLIT && kc % 2 == 0 {
+            // INT16 row-major codes are their own pairs: read in place.
+            return APack {
+                ptr: data[r0 * rs + kk..].as_ptr(),
+                ars: rs,
+                aps: 2,
+            };
+        }
+        if rs == 1 && cs != 1 {
+            // K-major source (a transposed row-major matrix): each K index is a contiguous run of
+            // rows, so pairs are formed from two runs, pair-major.
+            for (p, dst) in buf[..rows * kp].chunks_exact_mut(rows).enumerate() {
+                let k0 = kk + 2 * p;
+                let even = &data[k0 * cs + r0..][..rows];
+                let odd = (2 * p + 1 < kc).then(|| &data[(k0 + 1) * cs + r0..][..rows]);
+                pack_kpair::<C>(even, odd, dst);
+            }
+            return APack {
+                ptr: as_i16(buf).as_ptr(),
+                ars: 2,
+                aps: 2 * rows,
+            };
+        }
+        let buf = as_i16(buf);
+        let mut row = [0i16; 2 * KPACK_MAX];
+        for i in 0..rows {
+            let src: &[i16] = if cs == 1 {
+                &data[(r0 + i) * rs + kk..][..kc]
+            } else {
+                for (p, d) in row[..kc].iter_mut().enumerate() {
+                    *d = self.get(r0 + i, kk + p);
+                }
+                &row[..kc]
+            };
+            pack_row::<C>(src, &mut buf[i * 2 * kp..][..2 * kp]);
+        }
+        APack {
+            ptr: buf.as_ptr(),
+            ars: 2 * kp,
+            aps: 2,
+        }
+    }
 }
+
+/// Most K pairs [`Lhs::pack`] is asked for at once.
+#[cfg(target_arch = "x86_64")]
+const KPACK_MAX: usize = intgemm::PACK_PAIRS_MAX;
 
 /// A row-major fp32 matrix quantized on the fly with a per-tensor exponent, exactly as
 /// `e2t_numerics::quantize_into` (or `quantize_into_8bit`) would: the codes never touch memory.
@@ -674,6 +764,43 @@ impl Lhs for F32Lhs<'_> {
             }
         }
         (1, kc as isize)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn pack<C: Conv>(
+        &self,
+        r0: usize,
+        rows: usize,
+        kk: usize,
+        kc: usize,
+        buf: &mut [i32],
+    ) -> APack {
+        let kp = kc.div_ceil(2);
+        let buf = as_i16(buf);
+        for i in 0..rows {
+            let src = &self.data[(r0 + i) * self.cols + kk..][..kc];
+            let dst = &mut buf[i * 2 * kp..][..2 * kp];
+            // Quantized straight into the pack buffer, then converted in place (INT8 modes).
+            if self.eight {
+                e2t_numerics::quantize_into_8bit(src, self.exp, &mut dst[..kc]);
+            } else {
+                e2t_numerics::quantize_into(src, self.exp, &mut dst[..kc]);
+            }
+            if !C::SPLIT {
+                for v in dst[..kc].iter_mut() {
+                    *v = C::a(*v);
+                }
+            }
+            if kc % 2 == 1 {
+                dst[kc] = 0;
+            }
+        }
+        APack {
+            ptr: buf.as_ptr(),
+            ars: 2 * kp,
+            aps: 2,
+        }
     }
 }
 

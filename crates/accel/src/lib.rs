@@ -5,8 +5,9 @@
 //!   weight-gradient GEMM against a threshold; 64-bit counters with snapshot and clear. Its semantics
 //!   are those of `rtl/README.md` (command limits, threshold CSR rule, tiling by the array shape).
 //! - [`SoftAccel`]: the fast software implementation every everyday run uses. Invariants: results are
-//!   bit-identical to the golden model in `e2t-numerics` (it computes on exact-integer-valued floats,
-//!   chunking K so every partial sum is exact), and its counters equal the RTL's for the same commands
+//!   bit-identical to the golden model in `e2t-numerics` (on x86-64 with AVX2 it computes with an
+//!   exact integer `vpmaddwd` kernel, `intgemm`; elsewhere on exact-integer-valued floats, chunking K
+//!   so every partial sum is exact), and its counters equal the RTL's for the same commands
 //!   (the cycle formula of `rtl/README.md` with streams that never stall).
 //! - [`AccelGemm`]: the `e2t_nn::GemmEngine` that runs a layer's three GEMMs on an [`Accelerator`]:
 //!   quantizes fp32 tensors to codes with power-of-two scales, splits GEMMs to the command limits,
@@ -19,6 +20,7 @@
 mod conv;
 mod engine;
 mod fast;
+mod intgemm;
 mod matrix;
 mod soft;
 

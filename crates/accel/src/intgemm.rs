@@ -1,0 +1,898 @@
+//! Exact integer GEMM with AVX2 `vpmaddwd`: the soft accelerator's fast path on x86-64.
+//!
+//! `vpmaddwd` multiplies 16 pairs of i16 and adds each adjacent pair of products into an i32 lane,
+//! so both operands are K pairs: B packed once per GEMM (`[b(2p, j), b(2p+1, j)]` per 32-bit
+//! lane, panels of [`NR`] columns), A one 32-bit pair per row and K pair, broadcast by the
+//! microkernel: read in place for INT16 row-major codes with an even K piece, else packed per
+//! block (converted, or quantized for fp32 operands). Odd K is padded with a zero pair half; N
+//! is padded to a multiple of [`NR`] with zero columns that are never written out.
+//!
+//! Exactness (every i32 lane sum is proved to fit; lanes are widened to i64 at the end of each K
+//! chunk of at most `Conv::KCP` pairs, and chunks are added with wrapping i64 adds):
+//! - INT8 modes: both multiplicands lie in -128..=127, so a pair sum is at most 2 * 2^14 = 2^15 in
+//!   magnitude and an i32 lane holds 2^16 - 1 pair sums; chunks are 256 pairs.
+//! - INT16 mode: a product of two codes reaches 2^30 and a pair sum 2^31, which does not fit. The B
+//!   code (packed once per GEMM, so the split costs nothing per block) is split as
+//!   `b = 256 * bh + bl` with `bh = b >> 8` in -128..=127 and `bl = b & 0xff` in 0..=255, and the
+//!   two halves are accumulated in separate lanes against the unchanged A code:
+//!   - high: |a * bh| <= 32768 * 128 = 2^22 (at a = -32768, bh = -128), so a pair sum lies in
+//!     [-2^23 + 512, 2^23] and 128 of them in [-2^30, 2^30];
+//!   - low: a * bl lies in [-32768 * 255, 32767 * 255] (bl = 255), so a pair sum has magnitude
+//!     <= 16_711_680 and 128 of them <= 2_139_095_040 < 2^31 - 1 = 2_147_483_647. 129 pairs could
+//!     reach 2_155_806_720 and overflow (the tests drive exactly this case).
+//!
+//!   So chunks are 128 pairs (256 products), and each chunk adds `(hi << 8) + lo` in i64.
+//!
+//! The 48-bit accumulator wrap is applied at the end, as in `fast` (addition modulo 2^48 does not
+//! depend on order). Work is split into row blocks and, for few rows and a long K, K ranges (rayon);
+//! each thread reuses its packing and result buffers across blocks (no zeroing: every use writes
+//! before it reads). Results do not depend on the split.
+#![cfg(target_arch = "x86_64")]
+
+use crate::fast::{Lhs, Operand, Out, dequant};
+use crate::matrix::CodeMatrix;
+use e2t_numerics::{high_byte_nearest, wrap48};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+/// Columns of a B panel (two 8-lane registers).
+pub(crate) const NR: usize = 16;
+/// Bytes of packed A a row block aims for (stays in L2 beside the B chunk).
+const ABUF_BYTES: usize = 96 << 10;
+/// Most rows handled as one block when K is long (A is then streamed once).
+const WIDE_M_MAX: usize = 1024;
+/// Shortest K range worth a task of its own.
+const KSPLIT_MIN: usize = 512;
+/// Most K pairs of a block's A packed at once (longer K ranges are packed per chunk).
+pub(crate) const PACK_PAIRS_MAX: usize = 1024;
+/// K pairs of B packed per rayon task.
+const PB_CHUNK: usize = 512;
+
+/// True when the integer path can run on this CPU.
+pub(crate) fn available() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+/// How codes become multiplicands, as types so each mode gets its own compiled loops.
+pub(crate) trait Conv: Copy + Send + Sync + 'static {
+    /// INT16: B is split into high and low bytes (two accumulators per output) and A is used as
+    /// is (so row-major A codes can be read in place).
+    const SPLIT: bool;
+    /// Rows of the microkernel (accumulators `MR * 2 * (1 + SPLIT)` plus `2 * (1 + SPLIT)` B
+    /// registers and a broadcast within the 16 ymm registers).
+    const MR: usize;
+    /// K pairs per chunk (the lane bound in the module doc).
+    const KCP: usize;
+    /// The A multiplicand of a code.
+    fn a(c: i16) -> i16;
+    /// The B multiplicand (its high byte when split).
+    fn b_hi(c: i16) -> i16;
+    /// The low byte of B when split (unused otherwise).
+    fn b_lo(c: i16) -> i16;
+}
+
+/// INT16 mode.
+#[derive(Clone, Copy)]
+pub(crate) struct Full;
+/// INT8 mode: `code >> 8`.
+#[derive(Clone, Copy)]
+pub(crate) struct Floor;
+/// PSG prediction with nearest rounding.
+#[derive(Clone, Copy)]
+pub(crate) struct Nearest;
+
+impl Conv for Full {
+    const SPLIT: bool = true;
+    const MR: usize = 2;
+    const KCP: usize = 128;
+    #[inline(always)]
+    fn a(c: i16) -> i16 {
+        c
+    }
+    #[inline(always)]
+    fn b_hi(c: i16) -> i16 {
+        c >> 8
+    }
+    #[inline(always)]
+    fn b_lo(c: i16) -> i16 {
+        c & 0xff
+    }
+}
+
+impl Conv for Floor {
+    const SPLIT: bool = false;
+    const MR: usize = 4;
+    const KCP: usize = 256;
+    #[inline(always)]
+    fn a(c: i16) -> i16 {
+        c >> 8
+    }
+    #[inline(always)]
+    fn b_hi(c: i16) -> i16 {
+        c >> 8
+    }
+    #[inline(always)]
+    fn b_lo(_: i16) -> i16 {
+        0
+    }
+}
+
+impl Conv for Nearest {
+    const SPLIT: bool = false;
+    const MR: usize = 4;
+    const KCP: usize = 256;
+    #[inline(always)]
+    fn a(c: i16) -> i16 {
+        high_byte_nearest(c)
+    }
+    #[inline(always)]
+    fn b_hi(c: i16) -> i16 {
+        high_byte_nearest(c)
+    }
+    #[inline(always)]
+    fn b_lo(_: i16) -> i16 {
+        0
+    }
+}
+
+/// Two i16 as one 32-bit lane: `x` in the low half (the even K index), `y` in the high half.
+#[inline(always)]
+fn pair(x: i16, y: i16) -> i32 {
+    (u32::from(x as u16) | (u32::from(y as u16) << 16)) as i32
+}
+
+/// Where a block's A pairs are: pair `p` of row `i` is the two i16 at `ptr + i * ars + p * aps`
+/// (offsets in i16; read as one unaligned 32-bit lane). `ptr` points into the pack buffer or,
+/// for INT16 row-major codes, into the source itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct APack {
+    pub ptr: *const i16,
+    pub ars: usize,
+    pub aps: usize,
+}
+
+/// The pack buffer as i16 (two per pair, the even K index first: x86 is little-endian).
+#[inline(always)]
+pub(crate) fn as_i16(buf: &mut [i32]) -> &mut [i16] {
+    // SAFETY: i16 has no invalid bit patterns and a smaller alignment than i32; the view covers
+    // exactly the same bytes and borrows `buf` mutably for its lifetime.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<i16>(), buf.len() * 2) }
+}
+
+/// One row-major source row (`src.len()` codes) as A multiplicands into `dst` (an i16 view of
+/// `src.len().div_ceil(2)` pairs; an odd length is padded with 0).
+#[inline(always)]
+pub(crate) fn pack_row<C: Conv>(src: &[i16], dst: &mut [i16]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = C::a(s);
+    }
+    if src.len() % 2 == 1 {
+        dst[src.len()] = 0;
+    }
+}
+
+/// One K pair of a K-major source: `even` and `odd` are the codes of K indices `2p` and `2p + 1`
+/// for consecutive rows (`odd = None` past the end of K), as pairs into `dst`.
+#[inline(always)]
+pub(crate) fn pack_kpair<C: Conv>(even: &[i16], odd: Option<&[i16]>, dst: &mut [i32]) {
+    match odd {
+        Some(odd) => {
+            for ((d, &x), &y) in dst.iter_mut().zip(even).zip(odd) {
+                *d = pair(C::a(x), C::a(y));
+            }
+        }
+        None => {
+            for (d, &x) in dst.iter_mut().zip(even) {
+                *d = pair(C::a(x), 0);
+            }
+        }
+    }
+}
+
+/// B converted and packed once per GEMM: pair `p`, column `j` at `data[p * npad + j]`, and its
+/// low bytes (when split) at `data[lo_off + p * npad + j]`.
+struct PackedB {
+    data: Vec<i32>,
+    lo_off: usize,
+    n: usize,
+    npad: usize,
+}
+
+thread_local! {
+    /// A thread's B pack buffer, kept across GEMMs (weight-gradient B packs reach megabytes, and
+    /// fresh ones cost page faults). A GEMM takes it while it runs, so a nested one allocates.
+    static BPACK: Cell<Vec<i32>> = const { Cell::new(Vec::new()) };
+}
+
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        BPACK.with(|c| c.set(data));
+    }
+}
+
+impl PackedB {
+    fn new<C: Conv>(b: CodeMatrix<'_>) -> Self {
+        let (k, n) = (b.rows(), b.cols());
+        let npad = n.div_ceil(NR) * NR;
+        let lo_off = k.div_ceil(2) * npad;
+        // The calling thread's buffer from its last GEMM: no allocation or zeroing per GEMM
+        // (every lane is written below, padding columns with 0).
+        let len = lo_off * if C::SPLIT { 2 } else { 1 };
+        let mut data = BPACK.with(|c| c.take());
+        if data.len() < len {
+            data.resize(len, 0);
+        }
+        let (hi, lo) = data[..len].split_at_mut(lo_off);
+        let (rs, cs, src) = (b.row_stride(), b.col_stride(), b.data());
+        let fill = |conv: fn(i16) -> i16, ci: usize, chunk: &mut [i32]| {
+            for (pp, row) in chunk.chunks_exact_mut(npad).enumerate() {
+                let k0 = 2 * (ci * PB_CHUNK + pp);
+                let has_odd = k0 + 1 < k;
+                row[n..].fill(0);
+                if cs == 1 {
+                    let even = &src[k0 * rs..][..n];
+                    if has_odd {
+                        let odd = &src[(k0 + 1) * rs..][..n];
+                        for ((d, &x), &y) in row.iter_mut().zip(even).zip(odd) {
+                            *d = pair(conv(x), conv(y));
+                        }
+                    } else {
+                        for (d, &x) in row.iter_mut().zip(even) {
+                            *d = pair(conv(x), 0);
+                        }
+                    }
+                } else {
+                    for (j, d) in row[..n].iter_mut().enumerate() {
+                        let y = if has_odd { conv(b.get(k0 + 1, j)) } else { 0 };
+                        *d = pair(conv(b.get(k0, j)), y);
+                    }
+                }
+            }
+        };
+        hi.par_chunks_mut(npad * PB_CHUNK)
+            .enumerate()
+            .for_each(|(ci, chunk)| fill(C::b_hi, ci, chunk));
+        if C::SPLIT {
+            lo.par_chunks_mut(npad * PB_CHUNK)
+                .enumerate()
+                .for_each(|(ci, chunk)| fill(C::b_lo, ci, chunk));
+        }
+        PackedB {
+            data,
+            lo_off,
+            n,
+            npad,
+        }
+    }
+}
+
+/// `out = A · B` for `op`, exactly, with the 48-bit wrap (see [`crate::fast::gemm_exact_to`]).
+/// Requires AVX2 ([`available`]).
+pub(crate) fn gemm<L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
+    match op {
+        Operand::Full => run::<Full, L>(a, b, op, out),
+        Operand::HighFloor => run::<Floor, L>(a, b, op, out),
+        Operand::HighNearest => run::<Nearest, L>(a, b, op, out),
+    }
+}
+
+fn run<C: Conv, L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
+    let (m, k, n) = (a.rows(), b.rows(), b.cols());
+    debug_assert_eq!(a.cols(), k);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        match out {
+            Out::Raw(o) => o.fill(0),
+            Out::Scaled { out, .. } => out.fill(0.0),
+        }
+        return;
+    }
+    let pb = PackedB::new::<C>(b);
+    let threads = rayon::current_num_threads().max(1);
+    let kp = k.div_ceil(2);
+    let row_bytes = 4 * if kp <= PACK_PAIRS_MAX { kp } else { C::KCP };
+    let mb = if m <= WIDE_M_MAX && kp > PACK_PAIRS_MAX {
+        // Few rows and a long K (weight gradients): one block of all rows, so A is read once.
+        m
+    } else {
+        ((ABUF_BYTES / row_bytes) / 12 * 12).max(12).min(m)
+    };
+    let nb = m.div_ceil(mb);
+    let target = 4 * threads;
+    let ks = if nb >= target {
+        1
+    } else {
+        target.div_ceil(nb).min(k.div_ceil(KSPLIT_MIN)).max(1)
+    };
+    // K ranges start on pair boundaries.
+    let klen = k.div_ceil(ks).next_multiple_of(2);
+    let ks = k.div_ceil(klen);
+    let no_wrap = op.never_wraps(k);
+
+    match out {
+        Out::Raw(out) => {
+            if ks == 1 {
+                out.par_chunks_mut(mb * n)
+                    .enumerate()
+                    .for_each(|(bi, dst)| {
+                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
+                        block::<C, L>(&a, &pb, r0, r1, 0, k, Sink::Raw(dst));
+                    });
+            } else {
+                let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
+                    .into_par_iter()
+                    .filter_map(|t| {
+                        let (bi, si) = (t / ks, t % ks);
+                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
+                        let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
+                        if k0 >= k1 {
+                            return None;
+                        }
+                        let mut dst = vec![0i64; (r1 - r0) * n];
+                        block::<C, L>(&a, &pb, r0, r1, k0, k1, Sink::Raw(&mut dst));
+                        Some((bi, dst))
+                    })
+                    .collect();
+                out.fill(0);
+                for (bi, dst) in partials {
+                    let base = bi * mb * n;
+                    for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
+                        *o = o.wrapping_add(v);
+                    }
+                }
+            }
+            if !no_wrap {
+                out.par_chunks_mut(1 << 14)
+                    .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
+            }
+        }
+        Out::Scaled {
+            out,
+            scale,
+            requant,
+        } => {
+            if ks == 1 {
+                out.par_chunks_mut(mb * n)
+                    .enumerate()
+                    .for_each(|(bi, dst)| {
+                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
+                        let sink = Sink::Scaled {
+                            out: dst,
+                            scale,
+                            requant,
+                            wrap: !no_wrap,
+                        };
+                        block::<C, L>(&a, &pb, r0, r1, 0, k, sink);
+                    });
+            } else {
+                // Entries are sums over K tasks: form the raw accumulators first.
+                let mut raw = vec![0i64; m * n];
+                run::<C, L>(a, b, op, Out::Raw(&mut raw));
+                for (orow, rrow) in out.chunks_exact_mut(n).zip(raw.chunks_exact(n)) {
+                    for ((o, &r), &s) in orow.iter_mut().zip(rrow).zip(scale) {
+                        *o = dequant(r, requant, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a block's exact sums go (row-major `[rows, n]`).
+enum Sink<'d> {
+    /// Accumulators, assigned (not added).
+    Raw(&'d mut [i64]),
+    /// Scaled as [`dequant`] does, after the 48-bit wrap when `wrap`.
+    Scaled {
+        out: &'d mut [f32],
+        scale: &'d [f64],
+        requant: Option<u32>,
+        wrap: bool,
+    },
+}
+
+thread_local! {
+    /// This thread's packed-A and result buffers, kept across blocks. A block takes them out while
+    /// it runs, so a nested block on the same thread (rayon work stealing) gets fresh ones.
+    static SCRATCH: Cell<(Vec<i32>, Vec<i64>)> = const { Cell::new((Vec::new(), Vec::new())) };
+}
+
+/// Rows `r0..r1` over K `k0..k1` (`k0` even) into `sink`.
+fn block<C: Conv, L: Lhs>(
+    a: &L,
+    pb: &PackedB,
+    r0: usize,
+    r1: usize,
+    k0: usize,
+    k1: usize,
+    sink: Sink<'_>,
+) {
+    debug_assert!(k0 % 2 == 0 && k0 < k1);
+    let rows = r1 - r0;
+    let (mut abuf, mut tmp) = SCRATCH.with(|c| c.take());
+    let kpairs = (k1 - k0).div_ceil(2);
+    let need = rows
+        * if kpairs <= PACK_PAIRS_MAX {
+            kpairs
+        } else {
+            C::KCP
+        };
+    if abuf.len() < need {
+        abuf.resize(need, 0);
+    }
+    // Raw sums go straight into the destination when its rows are as wide as the panels.
+    let direct = matches!(sink, Sink::Raw(_)) && pb.n == pb.npad;
+    if !direct && tmp.len() < rows * pb.npad {
+        tmp.resize(rows * pb.npad, 0);
+    }
+    // SAFETY: the CPU has AVX2 (callers check `available`).
+    unsafe { block_avx2::<C, L>(a, pb, r0, rows, k0, k1, sink, &mut abuf, &mut tmp, direct) };
+    SCRATCH.with(|c| c.set((abuf, tmp)));
+}
+
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+fn block_avx2<C: Conv, L: Lhs>(
+    a: &L,
+    pb: &PackedB,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    k1: usize,
+    mut sink: Sink<'_>,
+    abuf: &mut [i32],
+    tmp: &mut [i64],
+    direct: bool,
+) {
+    let npad = pb.npad;
+    let (c, ldc): (&mut [i64], usize) = match (&mut sink, direct) {
+        (Sink::Raw(d), true) => (&mut d[..rows * npad], npad),
+        _ => (&mut tmp[..rows * npad], npad),
+    };
+    // Balanced K chunks of at most KCP pairs.
+    let kpairs = (k1 - k0).div_ceil(2);
+    let nchunks = kpairs.div_ceil(C::KCP);
+    let kcp_step = kpairs.div_ceil(nchunks);
+    // A short K range is packed whole (sequential reads of the source rows); a long one per chunk.
+    // (No closure: it would be compiled without this function's AVX2 feature.)
+    let whole = if kpairs <= PACK_PAIRS_MAX {
+        Some(a.pack::<C>(r0, rows, k0, k1 - k0, abuf))
+    } else {
+        None
+    };
+    for ci in 0..nchunks {
+        let kk = k0 + 2 * ci * kcp_step;
+        let kc = (2 * kcp_step).min(k1 - kk);
+        let kcp = kc.div_ceil(2);
+        let ap = match whole {
+            Some(w) => APack {
+                // SAFETY: pair `(kk - k0) / 2` of the whole range's pack (within it).
+                ptr: unsafe { w.ptr.add((kk - k0) / 2 * w.aps) },
+                ..w
+            },
+            None => a.pack::<C>(r0, rows, kk, kc, abuf),
+        };
+        let add = ci > 0;
+        let mut i = 0;
+        while i < rows {
+            let mr = (rows - i).min(C::MR);
+            for q in 0..npad / NR {
+                // SAFETY: the pointers cover what the kernel reads and writes: `ap` describes
+                // `rows` rows of `kcp` pairs (in `abuf` or the source, which outlive this
+                // loop; from row `i`, `mr` rows); B from pair `kk / 2` has `kcp` pairs of
+                // `npad` lanes, high and low (columns `q * NR..q * NR + NR` exist); `c` holds
+                // `rows` rows of `ldc = npad` entries.
+                unsafe {
+                    kernel_mr::<C>(
+                        mr,
+                        kcp,
+                        APack {
+                            ptr: ap.ptr.add(i * ap.ars),
+                            ..ap
+                        },
+                        pb.data.as_ptr().add((kk / 2) * npad + q * NR),
+                        pb.lo_off,
+                        npad,
+                        c.as_mut_ptr().add(i * ldc + q * NR),
+                        ldc,
+                        add,
+                    )
+                };
+            }
+            i += mr;
+        }
+    }
+    let n = pb.n;
+    match sink {
+        Sink::Raw(_) if direct => {}
+        Sink::Raw(d) => {
+            for (drow, trow) in d.chunks_exact_mut(n).zip(tmp.chunks_exact(npad)) {
+                drow.copy_from_slice(&trow[..n]);
+            }
+        }
+        Sink::Scaled {
+            out,
+            scale,
+            requant,
+            wrap,
+        } => {
+            for (drow, trow) in out.chunks_exact_mut(n).zip(tmp.chunks_exact(npad)) {
+                for ((d, &t), &s) in drow.iter_mut().zip(trow).zip(scale) {
+                    let v = if wrap { wrap48(t) } else { t };
+                    *d = dequant(v, requant, s);
+                }
+            }
+        }
+    }
+}
+
+/// [`kernel`] for `mr <= C::MR` rows.
+///
+/// # Safety
+/// As [`kernel`].
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_mr<C: Conv>(
+    mr: usize,
+    kcp: usize,
+    a: APack,
+    b: *const i32,
+    b_lo: usize,
+    bps: usize,
+    c: *mut i64,
+    ldc: usize,
+    add: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match mr {
+            4 => kernel::<C, 4>(kcp, a, b, b_lo, bps, c, ldc, add),
+            3 => kernel::<C, 3>(kcp, a, b, b_lo, bps, c, ldc, add),
+            2 => kernel::<C, 2>(kcp, a, b, b_lo, bps, c, ldc, add),
+            _ => kernel::<C, 1>(kcp, a, b, b_lo, bps, c, ldc, add),
+        }
+    }
+}
+
+/// `MR x 16` outputs over `kcp` K pairs: `c[r, j] (+)= sum_p a[r, p] · b[p, j]` with i32 lanes
+/// widened to i64 at the end (`(hi << 8) + lo` when split).
+///
+/// # Safety
+/// AVX2 present; the pairs of `a` readable (4 bytes at `a.ptr + r * a.ars + p * a.aps`) for
+/// `r < MR`, `p < kcp`; 16 lanes readable at `b + p * bps` (and at `b + b_lo + p * bps` when
+/// split); `c` readable and writable for 16 entries at `r * ldc`.
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn kernel<C: Conv, const MR: usize>(
+    kcp: usize,
+    a: APack,
+    b: *const i32,
+    b_lo: usize,
+    bps: usize,
+    c: *mut i64,
+    ldc: usize,
+    add: bool,
+) {
+    let z = _mm256_setzero_si256();
+    let mut hi = [[z; 2]; MR];
+    let mut lo = [[z; 2]; MR];
+    for p in 0..kcp {
+        // SAFETY: within the ranges of the contract.
+        let (h0, h1, l0, l1) = unsafe {
+            let bp = b.add(p * bps);
+            let h = (
+                _mm256_loadu_si256(bp.cast()),
+                _mm256_loadu_si256(bp.add(8).cast()),
+            );
+            if C::SPLIT {
+                let lp = bp.add(b_lo);
+                (
+                    h.0,
+                    h.1,
+                    _mm256_loadu_si256(lp.cast()),
+                    _mm256_loadu_si256(lp.add(8).cast()),
+                )
+            } else {
+                (h.0, h.1, z, z)
+            }
+        };
+        for r in 0..MR {
+            // SAFETY: within the ranges of the contract.
+            let x = unsafe {
+                a.ptr
+                    .add(r * a.ars + p * a.aps)
+                    .cast::<i32>()
+                    .read_unaligned()
+            };
+            let x = _mm256_set1_epi32(x);
+            hi[r][0] = _mm256_add_epi32(hi[r][0], _mm256_madd_epi16(x, h0));
+            hi[r][1] = _mm256_add_epi32(hi[r][1], _mm256_madd_epi16(x, h1));
+            if C::SPLIT {
+                lo[r][0] = _mm256_add_epi32(lo[r][0], _mm256_madd_epi16(x, l0));
+                lo[r][1] = _mm256_add_epi32(lo[r][1], _mm256_madd_epi16(x, l1));
+            }
+        }
+    }
+    for r in 0..MR {
+        for h in 0..2 {
+            let v = hi[r][h];
+            let mut v0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(v));
+            let mut v1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(v));
+            if C::SPLIT {
+                let l = lo[r][h];
+                let l0 = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(l));
+                let l1 = _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(l));
+                v0 = _mm256_add_epi64(_mm256_slli_epi64::<8>(v0), l0);
+                v1 = _mm256_add_epi64(_mm256_slli_epi64::<8>(v1), l1);
+            }
+            // SAFETY: within the ranges of the contract.
+            unsafe {
+                let cp = c.add(r * ldc + 8 * h);
+                if add {
+                    v0 = _mm256_add_epi64(v0, _mm256_loadu_si256(cp.cast()));
+                    v1 = _mm256_add_epi64(v1, _mm256_loadu_si256(cp.add(4).cast()));
+                }
+                _mm256_storeu_si256(cp.cast(), v0);
+                _mm256_storeu_si256(cp.add(4).cast(), v1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast::{F32Lhs, float_gemm_f32, float_gemm_to};
+    use e2t_core::Mode;
+    use e2t_numerics::gemm_ref;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    /// Golden result for `op` (`HighNearest` rounds the codes first, then multiplies in INT8
+    /// mode: `round_to_high_byte(c) >> 8 == high_byte_nearest(c)`).
+    fn golden(a: &[i16], b: &[i16], m: usize, k: usize, n: usize, op: Operand) -> Vec<i64> {
+        let (a, b, mode) = match op {
+            Operand::Full => (a.to_vec(), b.to_vec(), Mode::Int16),
+            Operand::HighFloor => (a.to_vec(), b.to_vec(), Mode::Int8),
+            Operand::HighNearest => {
+                let r = |v: &[i16]| -> Vec<i16> {
+                    v.iter()
+                        .map(|&c| e2t_numerics::round_to_high_byte(c))
+                        .collect()
+                };
+                (r(a), r(b), Mode::Int8)
+            }
+        };
+        gemm_ref(&a, &b, m, k, n, mode).unwrap()
+    }
+
+    const OPS: [Operand; 3] = [Operand::Full, Operand::HighFloor, Operand::HighNearest];
+
+    /// Codes: uniform, or drawn from the values that stress the lane bounds.
+    fn codes(rng: &mut ChaCha8Rng, len: usize, extreme: bool) -> Vec<i16> {
+        const EXT: [i16; 6] = [-32768, 32767, -32513, -1, 255, -256];
+        (0..len)
+            .map(|_| {
+                if extreme {
+                    EXT[rng.random_range(0..EXT.len())]
+                } else {
+                    rng.random()
+                }
+            })
+            .collect()
+    }
+
+    fn raw(a: CodeMatrix<'_>, b: CodeMatrix<'_>, op: Operand) -> Vec<i64> {
+        let mut out = vec![0i64; a.rows() * b.cols()];
+        gemm(a, b, op, Out::Raw(&mut out));
+        out
+    }
+
+    /// The integer path equals the golden model for row-major, K-major (transposed) and strided
+    /// views of A and B, and the float path agrees.
+    fn check(m: usize, k: usize, n: usize, seed: u64, extreme: bool) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let a = codes(&mut rng, m * k, extreme);
+        let b = codes(&mut rng, k * n, extreme);
+        let am = CodeMatrix::row_major(&a, m, k).unwrap();
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        // Transposed storage (K-major A, column-major B).
+        let at = am.t().to_row_major();
+        let bt = bm.t().to_row_major();
+        let atm = CodeMatrix::row_major(&at, k, m).unwrap().t();
+        let btm = CodeMatrix::row_major(&bt, n, k).unwrap().t();
+        // Strided: every other element of a twice-as-wide buffer.
+        let a2: Vec<i16> = a.iter().flat_map(|&v| [v, 7]).collect();
+        let asm = CodeMatrix::new(&a2, m, k, 2 * k, 2).unwrap();
+        for op in OPS {
+            let want = golden(&a, &b, m, k, n, op);
+            let ctx = format!("{m}x{k}x{n} {op:?} seed {seed}");
+            assert_eq!(raw(am, bm, op), want, "{ctx}");
+            assert_eq!(raw(atm, bm, op), want, "{ctx} A transposed");
+            assert_eq!(raw(asm, btm, op), want, "{ctx} A strided, B transposed");
+            let mut f = vec![0i64; m * n];
+            float_gemm_to(am, bm, op, Out::Raw(&mut f));
+            assert_eq!(f, want, "{ctx} float path");
+        }
+    }
+
+    #[test]
+    fn exact_on_edge_shapes() {
+        let mut seed = 0;
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 2, 1),
+            (2, 3, 17),
+            (5, 7, 16),
+            (7, 255, 15),
+            (13, 256, 33),
+            (4, 257, 8),
+            (12, 513, 31),
+            (3, 1031, 2),
+            (40, 600, 20),
+        ] {
+            for extreme in [false, true] {
+                seed += 1;
+                check(m, k, n, seed, extreme);
+            }
+        }
+    }
+
+    #[test]
+    fn many_rows_and_k_splits() {
+        // Many row blocks (one K task each), and few rows with a long K (K split across tasks).
+        check(700, 90, 24, 100, false);
+        check(9, 5000, 3, 101, true);
+    }
+
+    /// The worst case of the INT16 low-byte lanes: a low byte of 255 against -32768 in every
+    /// product (and the high-byte extreme -128), with either operand the split one. A chunk longer than 128 pairs, or a wrong
+    /// `(hi << 8) + lo` recombination, changes these sums.
+    #[test]
+    fn int16_lane_bounds_hold() {
+        for (av, bv) in [
+            (-32513i16, -32768i16),
+            (-32768, -32513),
+            (-32513, 32767),
+            (32767, -32513),
+            (-1, -32768),
+            (-32768, -1),
+            (255, 32767),
+            (32767, 255),
+        ] {
+            for k in [255, 256, 257, 258, 510, 512, 1000] {
+                let (m, n) = (4, 17);
+                let a = vec![av; m * k];
+                let b = vec![bv; k * n];
+                let want = i64::from(av) * i64::from(bv) * k as i64;
+                let am = CodeMatrix::row_major(&a, m, k).unwrap();
+                let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+                let got = raw(am, bm, Operand::Full);
+                assert!(got.iter().all(|&v| v == want), "{av}x{bv} k {k}");
+                let atv = am.t().to_row_major();
+                let at = CodeMatrix::row_major(&atv, k, m).unwrap().t();
+                assert_eq!(raw(at, bm, Operand::Full), got);
+            }
+        }
+    }
+
+    /// K long enough for INT16 sums to leave 48 bits: the wrap is applied, in both output kinds
+    /// and whether K is split across tasks (few rows) or not (many rows, via a row stride of 0).
+    #[test]
+    fn int16_wraps_48_bits() {
+        let k = 150_001;
+        let n = 3;
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let a: Vec<i16> = (0..k)
+            .map(|_| {
+                if rng.random_range(0..64) == 0 {
+                    32767
+                } else {
+                    -32768
+                }
+            })
+            .collect();
+        let b: Vec<i16> = (0..k * n).map(|_| -32768).collect();
+        let want = golden(&a, &b, 1, k, n, Operand::Full);
+        let exact: i64 = a.iter().map(|&x| i64::from(x) * -32768).sum();
+        assert_ne!(wrap48(exact), exact, "the sums must wrap");
+        assert_eq!(want[0], wrap48(exact));
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        let scale = [0.5, 2f64.powi(-40), -3.0];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            for m in [2, 1100] {
+                let am = CodeMatrix::new(&a, m, k, 0, 1).unwrap();
+                let got = raw(am, bm, Operand::Full);
+                for row in got.chunks_exact(n) {
+                    assert_eq!(row, &want[..], "m {m}");
+                }
+                for requant in [None, Some(20)] {
+                    let mut out = vec![0f32; m * n];
+                    let o = Out::Scaled {
+                        out: &mut out,
+                        scale: &scale,
+                        requant,
+                    };
+                    gemm(am, bm, Operand::Full, o);
+                    for row in out.chunks_exact(n) {
+                        for ((&o, &w), &s) in row.iter().zip(&want).zip(&scale) {
+                            assert_eq!(o.to_bits(), dequant(w, requant, s).to_bits(), "m {m}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Scaled outputs equal dequantizing the golden accumulators, for every operand.
+    #[test]
+    fn scaled_matches_dequantized_golden() {
+        let (m, k, n) = (37, 301, 21);
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let a = codes(&mut rng, m * k, false);
+        let b = codes(&mut rng, k * n, true);
+        let scale: Vec<f64> = (0..n).map(|j| 2f64.powi(-(j as i32)) * 1.5).collect();
+        let am = CodeMatrix::row_major(&a, m, k).unwrap();
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        for op in OPS {
+            let want = golden(&a, &b, m, k, n, op);
+            for requant in [None, Some(0), Some(9)] {
+                let mut out = vec![0f32; m * n];
+                let o = Out::Scaled {
+                    out: &mut out,
+                    scale: &scale,
+                    requant,
+                };
+                gemm(am.t().t(), bm, op, o);
+                for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                    let e = dequant(w, requant, scale[i % n]);
+                    assert_eq!(o.to_bits(), e.to_bits(), "{op:?} {requant:?} entry {i}");
+                }
+            }
+        }
+    }
+
+    /// fp32 left operands quantized on the fly equal quantizing first (16- and 8-bit tensors).
+    #[test]
+    fn f32_lhs_equals_quantized_codes() {
+        let (m, k, n) = (29, 531, 19);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let x: Vec<f32> = (0..m * k)
+            .map(|_| rng.random::<f32>() * 6.0 - 3.0)
+            .collect();
+        let b = codes(&mut rng, k * n, false);
+        let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+        for eight in [false, true] {
+            let (q, exp) = if eight {
+                e2t_numerics::quantize_tensor_8bit(&x)
+            } else {
+                e2t_numerics::quantize_tensor(&x)
+            };
+            let lhs = F32Lhs {
+                data: &x,
+                rows: m,
+                cols: k,
+                exp,
+                eight,
+            };
+            for op in OPS {
+                let want = golden(&q, &b, m, k, n, op);
+                let mut got = vec![0i64; m * n];
+                gemm(lhs, bm, op, Out::Raw(&mut got));
+                assert_eq!(got, want, "{op:?} eight {eight}");
+                let mut f = vec![0i64; m * n];
+                float_gemm_f32(lhs, bm, op, Out::Raw(&mut f));
+                assert_eq!(f, want, "{op:?} eight {eight} float path");
+            }
+        }
+    }
+}
