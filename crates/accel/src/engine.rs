@@ -23,7 +23,8 @@
 //! - `Adaptive(c)`: the block's adaptive mode with `c` in Q0.16 (rounded, at most 65535/65536) and
 //!   the reference `max|P|` of this layer's previous PSG step, rescaled to this step's units (floor).
 //!   A layer's first PSG step has no previous max: it uses the largest threshold, so every tile is
-//!   recomputed and the first update uses exact signs (and yields the first max|P|).
+//!   recomputed and the first update uses exact signs (and yields the first max|P|); with
+//!   `PsgFallback::Zero` every entry of that first step is uncertain and gets sign 0 (no update).
 //!
 //! Long K (weight gradients, K = batch x pixels): a raw GEMM whose K exceeds what the reuse
 //! path's on-chip buffers hold (`ReuseGeom::BOARD`) is sent, when configured, as K pieces that

@@ -271,6 +271,9 @@ impl PackedB {
 /// `out = A · B` for `op`, exactly, with the 48-bit wrap (see [`crate::fast::gemm_exact_to`]).
 /// Requires AVX2 ([`available`]).
 pub(crate) fn gemm<L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
+    // The kernels below are compiled for AVX2 and sound only on a CPU that has it (the check is
+    // cached by std).
+    assert!(available(), "intgemm::gemm needs AVX2");
     match op {
         Operand::Full => run::<Full, L>(a, b, op, out),
         Operand::HighFloor => run::<Floor, L>(a, b, op, out),
@@ -748,6 +751,13 @@ mod tests {
         // Many row blocks (one K task each), and few rows with a long K (K split across tasks).
         check(700, 90, 24, 100, false);
         check(9, 5000, 3, 101, true);
+        // One K task longer than a packing chunk: A is packed chunk by chunk (the PSG prediction's
+        // K-major A over batch x pixels takes this path).
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        one.install(|| check(3, 40_000, 5, 102, true));
     }
 
     /// The worst case of the INT16 low-byte lanes: a low byte of 255 against -32768 in every
@@ -809,7 +819,8 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            for m in [2, 1100] {
+            // m 2 and 1100: K split across tasks; m 1600: enough row blocks for one K task each.
+            for m in [2, 1100, 1600] {
                 let am = CodeMatrix::new(&a, m, k, 0, 1).unwrap();
                 let got = raw(am, bm, Operand::Full);
                 for row in got.chunks_exact(n) {
@@ -823,9 +834,19 @@ mod tests {
                         requant,
                     };
                     gemm(am, bm, Operand::Full, o);
-                    for row in out.chunks_exact(n) {
-                        for ((&o, &w), &s) in row.iter().zip(&want).zip(&scale) {
-                            assert_eq!(o.to_bits(), dequant(w, requant, s).to_bits(), "m {m}");
+                    // The float fallback's fused scaled output and its wrap, on the same case.
+                    let mut fout = vec![0f32; m * n];
+                    let fo = Out::Scaled {
+                        out: &mut fout,
+                        scale: &scale,
+                        requant,
+                    };
+                    float_gemm_to(am, bm, Operand::Full, fo);
+                    for (row, frow) in out.chunks_exact(n).zip(fout.chunks_exact(n)) {
+                        for (((&o, &f), &w), &s) in row.iter().zip(frow).zip(&want).zip(&scale) {
+                            let d = dequant(w, requant, s).to_bits();
+                            assert_eq!(o.to_bits(), d, "m {m}");
+                            assert_eq!(f.to_bits(), d, "m {m} float path");
                         }
                     }
                 }
@@ -853,9 +874,21 @@ mod tests {
                     requant,
                 };
                 gemm(am.t().t(), bm, op, o);
-                for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                let mut fout = vec![0f32; m * n];
+                let fo = Out::Scaled {
+                    out: &mut fout,
+                    scale: &scale,
+                    requant,
+                };
+                float_gemm_to(am, bm, op, fo);
+                for (i, ((&o, &f), &w)) in out.iter().zip(&fout).zip(&want).enumerate() {
                     let e = dequant(w, requant, scale[i % n]);
                     assert_eq!(o.to_bits(), e.to_bits(), "{op:?} {requant:?} entry {i}");
+                    assert_eq!(
+                        f.to_bits(),
+                        e.to_bits(),
+                        "{op:?} {requant:?} entry {i} float"
+                    );
                 }
             }
         }

@@ -88,8 +88,9 @@ impl SoftAccel {
         self.book(m, k, n, mode, fmt)
     }
 
-    /// PSG as one `OP_PSG` command (`pieces: None`) or on the host over raw K pieces (`Some((k8,
-    /// k16))`, see [`Accelerator::psg_split_k`]): the same signs and PSG counts, other commands.
+    /// PSG as one `OP_PSG` command (`pieces: None`) or on the host over raw K pieces
+    /// (`Some(((k8, k16), fallback))`, see [`Accelerator::psg_split_k`]): the same signs and PSG
+    /// counts, other commands; with [`PsgFallback::Zero`] no recompute and uncertain signs 0.
     fn psg_with(
         &mut self,
         a: CodeMatrix<'_>,

@@ -173,7 +173,8 @@ impl MethodConfig {
             ..Self::baseline()
         }
     }
-    /// Short name used in run folders, CSVs and reports, e.g. `smd+slu+psg`.
+    /// Short name used in run folders, CSVs and reports, e.g. `smd+slu+psg` (`psg0`: PSG with
+    /// [`PsgFallback::Zero`]).
     pub fn label(&self) -> String {
         let mut parts = Vec::new();
         if self.smd {
@@ -183,7 +184,10 @@ impl MethodConfig {
             parts.push("slu");
         }
         if self.psg {
-            parts.push("psg");
+            parts.push(match self.psg_fallback {
+                PsgFallback::Recompute => "psg",
+                PsgFallback::Zero => "psg0",
+            });
         }
         match (self.precision, parts.is_empty()) {
             (Precision::Fp32, true) => "fp32".into(),
@@ -239,5 +243,10 @@ mod tests {
         assert_eq!(MethodConfig::fp32().label(), "fp32");
         assert_eq!(MethodConfig::baseline().label(), "baseline");
         assert_eq!(MethodConfig::e2train().label(), "smd+slu+psg");
+        let zero = MethodConfig {
+            psg_fallback: PsgFallback::Zero,
+            ..MethodConfig::e2train()
+        };
+        assert_eq!(zero.label(), "smd+slu+psg0");
     }
 }

@@ -102,7 +102,7 @@ pub struct LayerPsgStats {
 /// Accelerator work split by the GEMM phase it served (the three add up to the step's counters).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PhaseCounters {
-    /// Forward convolutions and linear layers (incl. the SLU gate's).
+    /// Forward convolutions and linear layers (the SLU gate runs on the host CPU: not here).
     pub forward: Counters,
     /// Input gradients.
     pub backward_data: Counters,

@@ -249,9 +249,9 @@ fn finite(key: &str, v: f64) -> Result<f64, HostError> {
     }
 }
 
-/// Parse `RxC` (e.g. `16x16`).
 /// A method name: a preset (`fp32`, `baseline`, `e2train`) or a `+`-joined combination of `smd`,
-/// `slu` and `psg` on the accelerator (e.g. `smd+slu`), optionally prefixed by `fp32+`. These are
+/// `slu` and `psg` (or `psg0`: PSG with `--psg-fallback zero`) on the accelerator (e.g. `smd+slu`),
+/// optionally prefixed by `fp32+`. These are
 /// also the labels `summary.json` records, so a label can be fed back as `--method`.
 pub fn parse_method(s: &str) -> Result<MethodConfig, HostError> {
     let l = s.trim().to_ascii_lowercase();
@@ -273,11 +273,15 @@ pub fn parse_method(s: &str) -> Result<MethodConfig, HostError> {
             "smd" if !m.smd => m.smd = true,
             "slu" if !m.slu => m.slu = true,
             "psg" if !m.psg => m.psg = true,
+            "psg0" if !m.psg => {
+                m.psg = true;
+                m.psg_fallback = PsgFallback::Zero;
+            }
             _ => {
                 return Err(bad(
                     "method",
                     format!(
-                        "'{s}' is not fp32, baseline, e2train or a +-joined set of smd, slu, psg (e.g. smd+slu)"
+                        "'{s}' is not fp32, baseline, e2train or a +-joined set of smd, slu, psg or psg0 (e.g. smd+slu)"
                     ),
                 ));
             }
@@ -290,6 +294,7 @@ pub fn parse_method(s: &str) -> Result<MethodConfig, HostError> {
     Ok(m)
 }
 
+/// Parse `RxC` (e.g. `16x16`).
 pub fn parse_array(s: &str) -> Result<(u32, u32), HostError> {
     let err = || {
         bad(
@@ -860,6 +865,10 @@ mod tests {
         assert_eq!(c.method.smd_p, 0.25);
         assert_eq!(c.method.psg_threshold, PsgThreshold::Absolute(5e-5));
         assert_eq!(c.method.psg_fallback, PsgFallback::Zero);
+        // A label with psg0 is a method, and the label round-trips.
+        let m = parse_method("smd+psg0").unwrap();
+        assert!(m.smd && m.psg && !m.slu && m.psg_fallback == PsgFallback::Zero);
+        assert_eq!(m.label(), "smd+psg0");
         assert_eq!(c.array, (8, 4));
         assert_eq!(
             c.schedule,

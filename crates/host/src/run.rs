@@ -38,7 +38,10 @@ pub const DIAG_COLUMNS: [&str; 4] = ["epoch", "kind", "name", "value"];
 /// Tag of the SMD coin stream (see [`e2t_data::batch::derive_seed`]).
 pub const TAG_SMD: u64 = 0x534d_4443; // "SMDC"
 
-const MAGIC: &[u8; 8] = b"E2THOST1";
+/// Bumped whenever the host state's layout changes (bincode has no optional fields): 2 added the
+/// per-phase counters of the running epoch.
+const MAGIC: &[u8; 8] = b"E2THOST2";
+const OLD_MAGIC: &[u8; 8] = b"E2THOST1";
 
 /// One finished epoch (one row of `epochs.csv`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -209,6 +212,14 @@ fn encode_checkpoint(s: &HostState) -> Result<Vec<u8>, HostError> {
 }
 
 fn decode_checkpoint(bytes: &[u8], path: &Path) -> Result<HostState, HostError> {
+    if bytes.starts_with(OLD_MAGIC) {
+        return Err(HostError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: "written by an older e2train (E2THOST1 header): it cannot be resumed or used \
+                     with --init"
+                .into(),
+        });
+    }
     let body = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or_else(|| HostError::Checkpoint {
@@ -571,7 +582,7 @@ fn read_init(path: &Path) -> Result<(Vec<u8>, u64), HostError> {
         path.to_path_buf()
     };
     let bytes = std::fs::read(&p).map_err(|e| HostError::io(&p, e))?;
-    if bytes.starts_with(MAGIC) {
+    if bytes.starts_with(MAGIC) || bytes.starts_with(OLD_MAGIC) {
         let st = decode_checkpoint(&bytes, &p)?;
         Ok((st.engine, st.seq_base + st.global_step))
     } else {

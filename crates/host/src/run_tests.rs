@@ -724,7 +724,7 @@ fn init_loads_weights_and_mismatches_are_refused() {
         err.contains("checkpoint.bin") && err.contains("batch 8"),
         "{err}"
     );
-    std::fs::write(a.join(CHECKPOINT_FILE), b"E2THOST1garbage").unwrap();
+    std::fs::write(a.join(CHECKPOINT_FILE), b"E2THOST2garbage").unwrap();
     let err = run_toy(
         &RunConfig {
             resume: true,
@@ -738,6 +738,18 @@ fn init_loads_weights_and_mismatches_are_refused() {
         err.contains("checkpoint.bin") && err.contains("corrupt"),
         "{err}"
     );
+    // A checkpoint of the previous layout is named as such, not as corrupt.
+    std::fs::write(a.join(CHECKPOINT_FILE), b"E2THOST1whatever").unwrap();
+    let err = run_toy(
+        &RunConfig {
+            resume: true,
+            ..toy_cfg(&a)
+        },
+        &data,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("older e2train"), "{err}");
     std::fs::write(a.join(CHECKPOINT_FILE), b"hello").unwrap();
     let err = run_toy(
         &RunConfig {

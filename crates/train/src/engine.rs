@@ -669,7 +669,11 @@ struct Checkpoint {
     backend: Vec<u8>,
 }
 
-const MAGIC: [u8; 8] = *b"E2TRAIN1";
+/// Bumped whenever the payload's layout changes (bincode has no optional fields): 2 added
+/// `MethodConfig::psg_fallback`.
+const MAGIC: [u8; 8] = *b"E2TRAIN2";
+/// Headers of older layouts, named in the error instead of a decode failure.
+const OLD_MAGICS: [&[u8; 8]; 1] = [b"E2TRAIN1"];
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 fn bincode_opts() -> impl Options {
@@ -696,6 +700,14 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, EngineError> {
         return Err(err("this is a checkpoint of the fp32 engine (e2t-nn); the E2-Train engine reads only its own \
              checkpoints (train the initial model with an accelerator method or with --slu)"
             .into()));
+    }
+    if OLD_MAGICS.iter().any(|m| bytes.starts_with(&m[..])) {
+        return Err(err(format!(
+            "written by an older e2train ({:?} header; this version reads {:?}): it cannot be \
+             resumed or used with --init",
+            String::from_utf8_lossy(&bytes[..8]),
+            String::from_utf8_lossy(&MAGIC)
+        )));
     }
     if bytes.len() < MAGIC.len() + 4 || bytes[..MAGIC.len()] != MAGIC {
         return Err(err(format!(

@@ -453,6 +453,11 @@ fn corrupt_or_foreign_checkpoints_are_refused_clearly() {
         .expect_err("foreign")
         .to_string();
     assert!(msg.contains("not an e2t-train checkpoint"), "{msg}");
+    let msg = a
+        .restore(b"E2TRAIN1 an older layout")
+        .expect_err("old")
+        .to_string();
+    assert!(msg.contains("older e2train"), "{msg}");
     // Another configuration (different seed) is refused by restore, but its weights load for init.
     let mut other = E2TrainEngine::with_backend(
         EngineConfig {
