@@ -331,45 +331,18 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
 
     match out {
         Out::Raw(out) => {
-            if ks == 1 {
-                out.par_chunks_mut(mb * n)
-                    .enumerate()
-                    .for_each(|(bi, dst)| {
-                        let r0 = bi * mb;
-                        let r1 = (r0 + mb).min(m);
-                        let d = Dst::Assign(dst);
-                        block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, d);
-                    });
-            } else {
-                let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
-                    .into_par_iter()
-                    .filter_map(|t| {
-                        let (bi, si) = (t / ks, t % ks);
-                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
-                        let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
-                        if k0 >= k1 {
-                            return None;
-                        }
-                        let mut dst = vec![0i64; (r1 - r0) * n];
-                        let d = Dst::Assign(&mut dst);
-                        block::<T, F, L>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), d);
-                        Some((bi, dst))
-                    })
-                    .collect();
-                out.fill(0);
-                for (bi, dst) in partials {
-                    let base = bi * mb * n;
-                    for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
-                        *o = o.wrapping_add(v);
-                    }
-                }
-            }
-            if !no_wrap {
-                // Sums may have left 48 bits: reduce (addition modulo 2^48 does not depend on
-                // order, so this equals the golden per-MAC wrap).
-                out.par_chunks_mut(1 << 14)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
-            }
+            let tasks = Tasks {
+                m,
+                n,
+                k,
+                mb,
+                ks,
+                klen,
+            };
+            raw_over_tasks(tasks, out, no_wrap, |r0, r1, k0, k1, dst| {
+                let d = Dst::Assign(dst);
+                block::<T, F, L>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), d);
+            });
         }
         Out::Scaled {
             out,
@@ -386,6 +359,71 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
                     block::<T, F, L>(&a, &bf, &conv, r0, r1, 0, k, ksub, d);
                 });
         }
+    }
+}
+
+/// How a GEMM's rows and K are cut into parallel tasks: row blocks of `mb` rows, each over `ks`
+/// K ranges of `klen` (the last ones shorter or empty).
+#[derive(Clone, Copy)]
+pub(crate) struct Tasks {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub mb: usize,
+    pub ks: usize,
+    pub klen: usize,
+}
+
+/// Raw 48-bit accumulators (`out`, row-major `[m, n]`) from the tasks: `block(r0, r1, k0, k1, dst)`
+/// writes the sums of rows `r0..r1` over K range `k0..k1` into `dst` (row-major `[r1 - r0, n]`).
+/// A row block's K ranges are added with wrapping adds, then everything is reduced to 48 bits
+/// unless `no_wrap` (addition modulo 2^48 does not depend on order, so this equals the golden
+/// per-MAC wrap). Shared by the float and the integer kernels.
+pub(crate) fn raw_over_tasks(
+    t: Tasks,
+    out: &mut [i64],
+    no_wrap: bool,
+    block: impl Fn(usize, usize, usize, usize, &mut [i64]) + Sync,
+) {
+    let Tasks {
+        m,
+        n,
+        k,
+        mb,
+        ks,
+        klen,
+    } = t;
+    if ks == 1 {
+        out.par_chunks_mut(mb * n)
+            .enumerate()
+            .for_each(|(bi, dst)| block(bi * mb, ((bi + 1) * mb).min(m), 0, k, dst));
+    } else {
+        let nb = m.div_ceil(mb);
+        let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
+            .into_par_iter()
+            .filter_map(|t| {
+                let (bi, si) = (t / ks, t % ks);
+                let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
+                let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
+                if k0 >= k1 {
+                    return None;
+                }
+                let mut dst = vec![0i64; (r1 - r0) * n];
+                block(r0, r1, k0, k1, &mut dst);
+                Some((bi, dst))
+            })
+            .collect();
+        out.fill(0);
+        for (bi, dst) in partials {
+            let base = bi * mb * n;
+            for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
+                *o = o.wrapping_add(v);
+            }
+        }
+    }
+    if !no_wrap {
+        out.par_chunks_mut(1 << 14)
+            .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
     }
 }
 

@@ -29,7 +29,7 @@
 //! before it reads). Results do not depend on the split.
 #![cfg(target_arch = "x86_64")]
 
-use crate::fast::{Lhs, Operand, Out, dequant};
+use crate::fast::{Lhs, Operand, Out, Tasks, dequant, raw_over_tasks};
 use crate::matrix::CodeMatrix;
 use e2t_numerics::{high_byte_nearest, wrap48};
 use rayon::prelude::*;
@@ -318,40 +318,17 @@ fn run<C: Conv, L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
 
     match out {
         Out::Raw(out) => {
-            if ks == 1 {
-                out.par_chunks_mut(mb * n)
-                    .enumerate()
-                    .for_each(|(bi, dst)| {
-                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
-                        block::<C, L>(&a, &pb, r0, r1, 0, k, Sink::Raw(dst));
-                    });
-            } else {
-                let partials: Vec<(usize, Vec<i64>)> = (0..nb * ks)
-                    .into_par_iter()
-                    .filter_map(|t| {
-                        let (bi, si) = (t / ks, t % ks);
-                        let (r0, r1) = (bi * mb, ((bi + 1) * mb).min(m));
-                        let (k0, k1) = (si * klen, ((si + 1) * klen).min(k));
-                        if k0 >= k1 {
-                            return None;
-                        }
-                        let mut dst = vec![0i64; (r1 - r0) * n];
-                        block::<C, L>(&a, &pb, r0, r1, k0, k1, Sink::Raw(&mut dst));
-                        Some((bi, dst))
-                    })
-                    .collect();
-                out.fill(0);
-                for (bi, dst) in partials {
-                    let base = bi * mb * n;
-                    for (o, v) in out[base..base + dst.len()].iter_mut().zip(dst) {
-                        *o = o.wrapping_add(v);
-                    }
-                }
-            }
-            if !no_wrap {
-                out.par_chunks_mut(1 << 14)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v = wrap48(*v)));
-            }
+            let tasks = Tasks {
+                m,
+                n,
+                k,
+                mb,
+                ks,
+                klen,
+            };
+            raw_over_tasks(tasks, out, no_wrap, |r0, r1, k0, k1, dst| {
+                block::<C, L>(&a, &pb, r0, r1, k0, k1, Sink::Raw(dst));
+            });
         }
         Out::Scaled {
             out,
