@@ -298,14 +298,8 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
         let ksub = k.min(KSUB_MAX).min(T::KMAX);
         (((ABUF_ELEMS / ksub) / 16 * 16).max(16).min(m), ksub)
     };
-    let nb = m.div_ceil(mb);
-    let target = 4 * threads;
-    let ks = if nb >= target {
-        1
-    } else {
-        target.div_ceil(nb).min(k.div_ceil(KSPLIT_MIN)).max(1)
-    };
-    let klen = k.div_ceil(ks);
+    let tasks = Tasks::plan(m, n, k, mb, threads, KSPLIT_MIN, 1);
+    let ks = tasks.ks;
     let no_wrap = op.never_wraps(k);
 
     // Scaled output straight from the float sums: only when each entry is one exact float sum
@@ -331,14 +325,6 @@ fn run<T: Flt, F: Fn(i16) -> i32 + Sync, L: Lhs>(
 
     match out {
         Out::Raw(out) => {
-            let tasks = Tasks {
-                m,
-                n,
-                k,
-                mb,
-                ks,
-                klen,
-            };
             raw_over_tasks(tasks, out, no_wrap, |r0, r1, k0, k1, dst| {
                 let d = Dst::Assign(dst);
                 block::<T, F, L>(&a, &bf, &conv, r0, r1, k0, k1, ksub.min(k1 - k0), d);
@@ -372,6 +358,38 @@ pub(crate) struct Tasks {
     pub mb: usize,
     pub ks: usize,
     pub klen: usize,
+}
+
+impl Tasks {
+    /// Row blocks of `mb` rows; with fewer blocks than 4 per thread, K is also cut into ranges
+    /// (about 4 tasks per thread, none shorter than `ksplit_min`), each starting on a multiple of
+    /// `align` (the integer kernel works on K pairs).
+    pub(crate) fn plan(
+        m: usize,
+        n: usize,
+        k: usize,
+        mb: usize,
+        threads: usize,
+        ksplit_min: usize,
+        align: usize,
+    ) -> Self {
+        let nb = m.div_ceil(mb);
+        let target = 4 * threads;
+        let ks = if nb >= target {
+            1
+        } else {
+            target.div_ceil(nb).min(k.div_ceil(ksplit_min)).max(1)
+        };
+        let klen = k.div_ceil(ks).next_multiple_of(align).max(1);
+        Tasks {
+            m,
+            n,
+            k,
+            mb,
+            ks: k.div_ceil(klen),
+            klen,
+        }
+    }
 }
 
 /// Raw 48-bit accumulators (`out`, row-major `[m, n]`) from the tasks: `block(r0, r1, k0, k1, dst)`

@@ -304,28 +304,13 @@ fn run<C: Conv, L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     } else {
         ((ABUF_BYTES / row_bytes) / 12 * 12).max(12).min(m)
     };
-    let nb = m.div_ceil(mb);
-    let target = 4 * threads;
-    let ks = if nb >= target {
-        1
-    } else {
-        target.div_ceil(nb).min(k.div_ceil(KSPLIT_MIN)).max(1)
-    };
     // K ranges start on pair boundaries.
-    let klen = k.div_ceil(ks).next_multiple_of(2);
-    let ks = k.div_ceil(klen);
+    let tasks = Tasks::plan(m, n, k, mb, threads, KSPLIT_MIN, 2);
+    let ks = tasks.ks;
     let no_wrap = op.never_wraps(k);
 
     match out {
         Out::Raw(out) => {
-            let tasks = Tasks {
-                m,
-                n,
-                k,
-                mb,
-                ks,
-                klen,
-            };
             raw_over_tasks(tasks, out, no_wrap, |r0, r1, k0, k1, dst| {
                 block::<C, L>(&a, &pb, r0, r1, k0, k1, Sink::Raw(dst));
             });

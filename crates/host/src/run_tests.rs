@@ -724,42 +724,28 @@ fn init_loads_weights_and_mismatches_are_refused() {
         err.contains("checkpoint.bin") && err.contains("batch 8"),
         "{err}"
     );
-    std::fs::write(a.join(CHECKPOINT_FILE), b"E2THOST2garbage").unwrap();
-    let err = run_toy(
-        &RunConfig {
-            resume: true,
-            ..toy_cfg(&a)
-        },
-        &data,
-    )
-    .unwrap_err()
-    .to_string();
+    // Resuming from checkpoint bytes fails with an error naming what is wrong with them.
+    let resume_err = |bytes: &[u8]| {
+        std::fs::write(a.join(CHECKPOINT_FILE), bytes).unwrap();
+        run_toy(
+            &RunConfig {
+                resume: true,
+                ..toy_cfg(&a)
+            },
+            &data,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let err = resume_err(b"E2THOST2garbage");
     assert!(
         err.contains("checkpoint.bin") && err.contains("corrupt"),
         "{err}"
     );
     // A checkpoint of the previous layout is named as such, not as corrupt.
-    std::fs::write(a.join(CHECKPOINT_FILE), b"E2THOST1whatever").unwrap();
-    let err = run_toy(
-        &RunConfig {
-            resume: true,
-            ..toy_cfg(&a)
-        },
-        &data,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = resume_err(b"E2THOST1whatever");
     assert!(err.contains("older e2train"), "{err}");
-    std::fs::write(a.join(CHECKPOINT_FILE), b"hello").unwrap();
-    let err = run_toy(
-        &RunConfig {
-            resume: true,
-            ..toy_cfg(&a)
-        },
-        &data,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = resume_err(b"hello");
     assert!(err.contains("wrong magic"), "{err}");
 }
 
