@@ -118,6 +118,10 @@ impl Session<'_> {
                 Ok(r) => Msg::EvalDone(r),
                 Err(e) => err(engine_code(&e), e.detail()),
             },
+            Msg::CalibrateBn { images, index } => match engine.calibrate_bn(&images, index) {
+                Ok(()) => Msg::Ack,
+                Err(e) => err(engine_code(&e), e.detail()),
+            },
             Msg::ReadCounters => Msg::CountersAre(engine.counters()),
             Msg::GetCheckpoint { offset } => {
                 if offset == 0 {

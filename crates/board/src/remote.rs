@@ -196,6 +196,7 @@ impl Default for RemoteOptions {
 enum Op {
     Step(Batch),
     Skip(f32),
+    CalibrateBn(Vec<u8>, u32),
 }
 
 struct Inner {
@@ -542,6 +543,13 @@ impl Inner {
                     Err(e) => Err(e),
                 },
                 Op::Skip(lr) => self.expect_ack(Msg::Skip { lr: *lr }, "Skip"),
+                Op::CalibrateBn(images, index) => self.expect_ack(
+                    Msg::CalibrateBn {
+                        images: images.clone(),
+                        index: *index,
+                    },
+                    "CalibrateBn",
+                ),
             };
             if r.is_err() {
                 result = r;
@@ -633,6 +641,26 @@ impl StepEngine for RemoteEngine {
             }
             Ok(other) => Err(RemoteError::Unexpected {
                 request: "Skip",
+                got: other.name(),
+            }
+            .into_engine()),
+            Err(e) => Err(e.into_engine()),
+        }
+    }
+
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        match g.request(Msg::CalibrateBn {
+            images: images.to_vec(),
+            index,
+        }) {
+            Ok(Msg::Ack) => {
+                // Calibration changes the BN statistics: a reconnect must replay it.
+                g.log.push(Op::CalibrateBn(images.to_vec(), index));
+                Ok(())
+            }
+            Ok(other) => Err(RemoteError::Unexpected {
+                request: "CalibrateBn",
                 got: other.name(),
             }
             .into_engine()),

@@ -138,6 +138,21 @@ impl StepEngine for ToyEngine {
         Ok(())
     }
 
+    /// The toy model has no BatchNorm: checks the chunk and leaves the model as it is.
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
+        let px = self.cfg.input.pixels();
+        if images.is_empty() || images.len() % px != 0 {
+            return Err(EngineError::Batch {
+                seq: u64::MAX,
+                reason: format!(
+                    "BN calibration chunk {index}: {} image bytes is not a positive multiple of {px}",
+                    images.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn evaluate(&mut self, images: &[u8], labels: &[u8]) -> Result<EvalResult, EngineError> {
         self.check(images, labels, u64::MAX)?;
         let px = self.cfg.input.pixels();

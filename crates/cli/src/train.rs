@@ -90,6 +90,9 @@ impl StepEngine for LinkStatsEngine {
         self.write_stats();
         r
     }
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
+        self.inner.calibrate_bn(images, index)
+    }
     fn counters(&self) -> Counters {
         self.inner.counters()
     }

@@ -217,6 +217,13 @@ pub trait StepEngine: Send {
     fn skip_step(&mut self, lr: f32) -> Result<(), EngineError>;
     /// Evaluate without changing parameters (deterministic gates, BN in eval mode).
     fn evaluate(&mut self, images: &[u8], labels: &[u8]) -> Result<EvalResult, EngineError>;
+    /// "Precise BN": re-estimate the BatchNorm running statistics from training images before an
+    /// evaluation, with the weights unchanged. Runs the forward pass as in training (batch
+    /// statistics; SLU gates deterministic, as at evaluation) over `images` (whole images, no
+    /// labels). Chunk `index` 0 starts a new estimate; after chunks 0..K each layer's running
+    /// statistics are the plain mean of the K chunks' batch statistics. Chunks must come in order
+    /// 0, 1, 2, ... with no step in between.
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError>;
     /// Accelerator counters since the engine was built (zero for fp32).
     fn counters(&self) -> Counters;
     /// Full training state (weights, optimizer, RNG, counters) as bytes.

@@ -155,6 +155,11 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<u64>,
+    /// Batches of training images that re-estimate the BatchNorm statistics before each
+    /// evaluation ("precise BN"); 0 evaluates with the running statistics [default: 8]
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_calibrate: Option<u32>,
 }
 
 /// Flags of `e2train train`.
@@ -216,6 +221,10 @@ pub struct RunConfig {
     pub method: MethodConfig,
     pub eval_batch: usize,
     pub checkpoint_every: Option<u64>,
+    /// Training batches that re-estimate BN statistics before each evaluation (0: none; runs
+    /// recorded before this setting existed read as 0).
+    #[serde(default)]
+    pub bn_calibrate: u32,
     pub threads: Option<usize>,
     pub array: (u32, u32),
     pub init: Option<PathBuf>,
@@ -227,6 +236,11 @@ pub struct RunConfig {
     #[serde(default)]
     pub resume: bool,
 }
+
+/// Precise-BN batches before each evaluation. Sign updates (PSG) move every weight each step, so
+/// momentum-0.1 running statistics lag the network; 8 batches of 128 re-estimate them for about
+/// 3% of an epoch's forward work at 12,000 images (docs/results.md, session 5).
+pub const DEFAULT_BN_CALIBRATE: u32 = 8;
 
 fn bad(key: &str, msg: impl std::fmt::Display) -> HostError {
     HostError::Config(format!("{}: {msg}", flag(key)))
@@ -598,6 +612,7 @@ impl Settings {
             method,
             eval_batch,
             checkpoint_every: self.checkpoint_every,
+            bn_calibrate: self.bn_calibrate.unwrap_or(DEFAULT_BN_CALIBRATE),
             threads: self.threads,
             array,
             init: self.init.clone(),
@@ -719,6 +734,7 @@ impl RunConfig {
             }),
             eval_batch: Some(self.eval_batch),
             checkpoint_every: self.checkpoint_every,
+            bn_calibrate: Some(self.bn_calibrate),
         }
     }
 

@@ -793,6 +793,24 @@ pub fn run_with_data(
         st.acc.train_seconds = seconds_before + seg_start.elapsed().as_secs_f64();
 
         let eval_start = Instant::now();
+        // Precise BN: the first batches of this epoch's order re-estimate the BN statistics. Their
+        // accelerator work is forward work of this epoch (booked in its counters and energy).
+        let calib = (cfg.bn_calibrate as u64).min(batches);
+        if calib > 0 {
+            let before = engine.counters();
+            for b in 0..calib {
+                let (images, _) = plan.batch(b as usize);
+                engine
+                    .calibrate_bn(&images, b as u32)
+                    .map_err(engine_err(format!(
+                        "re-estimating BN statistics after epoch {}",
+                        epoch + 1
+                    )))?;
+            }
+            let d = engine.counters().delta_since(&before);
+            st.acc.counters.accumulate(&d);
+            st.acc.phases.forward.accumulate(&d);
+        }
         let mut ev = EvalResult::default();
         let chunk = cfg.eval_batch.max(1);
         for (imgs, labs) in data

@@ -26,6 +26,10 @@ struct Log {
     skips: Vec<f32>,
     restored: Vec<Vec<u8>>,
     loaded: Vec<Vec<u8>>,
+    /// BN calibration chunks: (index, images, steps applied before it).
+    calib: Vec<(u32, Vec<u8>, usize)>,
+    /// Evaluation calls: steps applied before each.
+    evals: Vec<usize>,
 }
 
 struct Toy {
@@ -168,7 +172,26 @@ impl StepEngine for Toy {
         self.log.lock().unwrap().skips.push(lr);
         Ok(())
     }
+    /// No BN in a softmax regression: records the chunk and counts its forward GEMM.
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
+        let px = self.cfg.input.pixels() as u64;
+        let n = images.len() as u64 / px;
+        self.s.counters.accumulate(&Counters {
+            macs_int16: n * px * self.cfg.classes as u64,
+            gemms: 1,
+            ..Default::default()
+        });
+        let mut log = self.log.lock().unwrap();
+        let steps = log.steps.len();
+        log.calib.push((index, images.to_vec(), steps));
+        Ok(())
+    }
     fn evaluate(&mut self, images: &[u8], labels: &[u8]) -> Result<EvalResult, EngineError> {
+        {
+            let mut log = self.log.lock().unwrap();
+            let steps = log.steps.len();
+            log.evals.push(steps);
+        }
         let px = self.cfg.input.pixels();
         let mut r = EvalResult::default();
         for (img, &l) in images.chunks(px).zip(labels) {
@@ -301,6 +324,7 @@ fn toy_cfg(out: &Path) -> RunConfig {
         array: (16, 16),
         init: None,
         train_only: TrainOnly::All,
+        bn_calibrate: 0,
         git_rev: Some("abc123".into()),
         resume: false,
     }
@@ -813,4 +837,51 @@ fn resume_before_the_first_checkpoint_starts_over() {
     .unwrap();
     assert_eq!(read_state(&cfg.out).engine, read_state(&full.out).engine);
     assert_eq!(csv_without_times(&cfg.out), csv_without_times(&full.out));
+}
+
+#[test]
+fn bn_calibration_runs_before_each_evaluation_on_the_epochs_first_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = toy_data(40, 10);
+    let mut cfg = toy_cfg(tmp.path());
+    cfg.bn_calibrate = 2;
+    cfg.eval_batch = 100;
+    cfg.augment = true;
+    let engine = engine_for(&cfg, &data);
+    let log = engine.log.clone();
+    let s = run_with_data(&cfg, &data, Box::new(engine), counter(), false).unwrap();
+    let log = log.lock().unwrap();
+    let batches = 40 / cfg.batch;
+    assert_eq!(log.evals.len(), cfg.epochs as usize);
+    assert_eq!(log.calib.len(), 2 * cfg.epochs as usize);
+    for (e, pair) in log.calib.chunks(2).enumerate() {
+        let plan = EpochPlan::new(&data.train, data.shape, cfg.batch, cfg.seed, e as u64, true);
+        for (b, (index, images, steps)) in pair.iter().enumerate() {
+            assert_eq!(*index, b as u32, "epoch {e}: chunks count from 0");
+            assert_eq!(*steps, (e + 1) * batches, "after the epoch's training");
+            assert_eq!(
+                *images,
+                plan.batch(b).0,
+                "epoch {e} chunk {b}: that epoch's batch {b}"
+            );
+        }
+        assert_eq!(
+            log.evals[e],
+            (e + 1) * batches,
+            "evaluation follows calibration"
+        );
+    }
+    // Its accelerator work is booked in the run's counters (one GEMM per step and per chunk).
+    assert_eq!(s.counters.gemms, (log.steps.len() + log.calib.len()) as u64);
+    // More calibration batches than an epoch has: the epoch's batches, once each.
+    drop(log);
+    cfg.bn_calibrate = 50;
+    cfg.out = tmp.path().join("many");
+    let engine = engine_for(&cfg, &data);
+    let log = engine.log.clone();
+    run_with_data(&cfg, &data, Box::new(engine), counter(), false).unwrap();
+    assert_eq!(
+        log.lock().unwrap().calib.len(),
+        batches * cfg.epochs as usize
+    );
 }

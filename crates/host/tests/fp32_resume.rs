@@ -29,6 +29,9 @@ impl StepEngine for CrashAt {
     fn evaluate(&mut self, i: &[u8], l: &[u8]) -> Result<EvalResult, EngineError> {
         self.inner.evaluate(i, l)
     }
+    fn calibrate_bn(&mut self, i: &[u8], index: u32) -> Result<(), EngineError> {
+        self.inner.calibrate_bn(i, index)
+    }
     fn counters(&self) -> Counters {
         self.inner.counters()
     }

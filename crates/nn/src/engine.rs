@@ -69,6 +69,8 @@ pub struct Fp32Engine {
     rng: ChaCha8Rng,
     steps: u64,
     last_seq: Option<u64>,
+    /// BN calibration chunks seen since chunk 0 (`None`: no calibration in progress).
+    calib_seen: Option<u32>,
 }
 
 const MAGIC: [u8; 8] = *b"E2TNNCK1";
@@ -172,6 +174,7 @@ impl Fp32Engine {
             rng,
             steps: 0,
             last_seq: None,
+            calib_seen: None,
         })
     }
 
@@ -238,6 +241,7 @@ impl StepEngine for Fp32Engine {
             reason,
         };
         batch.check_step(self.last_seq)?;
+        self.calib_seen = None;
         self.check_samples(&batch.images, &batch.labels)
             .map_err(bad)?;
         let n = batch.len();
@@ -303,6 +307,42 @@ impl StepEngine for Fp32Engine {
             });
         }
         Ok(total)
+    }
+
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
+        let px = self.cfg.input.pixels();
+        let bad = |reason: String| EngineError::Batch {
+            seq: u64::MAX,
+            reason: format!("BN calibration chunk {index}: {reason}"),
+        };
+        if images.is_empty() || images.len() % px != 0 {
+            return Err(bad(format!(
+                "{} image bytes is not a positive multiple of {px} (one image)",
+                images.len()
+            )));
+        }
+        let mut seen = match (index, self.calib_seen) {
+            (0, _) => 0,
+            (_, Some(k)) => k,
+            (_, None) => return Err(bad("chunks must start at index 0".into())),
+        };
+        for chunk in images.chunks(EVAL_BATCH * px) {
+            // Batch k (0-based) weighs 1/(k+1): the running statistics become the plain mean of
+            // the calibration batches' statistics.
+            seen += 1;
+            let mut saved = Vec::new();
+            self.model.visit_bn(&mut |b| {
+                saved.push(b.momentum);
+                b.momentum = 1.0 / seen as f32;
+            });
+            let x = self.to_input(chunk, chunk.len() / px);
+            self.model.forward(&x, &mut self.gemm, true);
+            let mut it = saved.into_iter();
+            self.model
+                .visit_bn(&mut |b| b.momentum = it.next().expect("same layers"));
+        }
+        self.calib_seen = Some(seen);
+        Ok(())
     }
 
     fn counters(&self) -> Counters {
@@ -521,6 +561,62 @@ mod tests {
 
     fn weights(e: &Fp32Engine) -> Vec<Named> {
         snapshot(&e.model).0
+    }
+
+    fn bn_stats(e: &mut Fp32Engine) -> Vec<Vec<f32>> {
+        let mut v = Vec::new();
+        e.model.visit_bn(&mut |b| {
+            v.push(b.running_mean.to_vec());
+            v.push(b.running_var.to_vec());
+        });
+        v
+    }
+
+    #[test]
+    fn bn_calibration_averages_its_chunks_batch_statistics_and_changes_no_weight() {
+        let bs = batches(5, 10);
+        let mut e = Fp32Engine::new(cfg(8, 1)).unwrap();
+        for b in &bs[..3] {
+            e.step(b).unwrap();
+        }
+        let w0 = weights(&e);
+        let (a, b) = (&bs[3].images, &bs[4].images[..6 * 64]);
+        e.calibrate_bn(a, 0).unwrap();
+        let sa = bn_stats(&mut e);
+        e.calibrate_bn(b, 0).unwrap();
+        let sb = bn_stats(&mut e);
+        e.calibrate_bn(a, 0).unwrap();
+        e.calibrate_bn(b, 1).unwrap();
+        let sab = bn_stats(&mut e);
+        assert_ne!(sa, sb);
+        for ((va, vb), vab) in sa.iter().zip(&sb).zip(&sab) {
+            for ((&x, &y), &z) in va.iter().zip(vb).zip(vab) {
+                let want = (x + y) / 2.0;
+                assert!(
+                    (z - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "{z} vs {want}"
+                );
+            }
+        }
+        let w1 = weights(&e);
+        assert!(
+            w0.iter().zip(&w1).all(|(p, q)| p.data == q.data),
+            "calibration must not train"
+        );
+        // Momentum is back to its training value, a step ends the calibration, bad sizes refused.
+        e.model.visit_bn(&mut |b| assert_eq!(b.momentum, 0.1));
+        e.step(&Batch {
+            seq: 9,
+            ..bs[0].clone()
+        })
+        .unwrap();
+        assert!(
+            e.calibrate_bn(a, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("index 0")
+        );
+        assert!(e.calibrate_bn(&a[1..], 0).is_err());
     }
 
     #[test]

@@ -453,6 +453,18 @@ impl ResNet {
         self.head.forward(&h, gemm, train)
     }
 
+    /// Every BatchNorm layer, in execution order.
+    pub fn visit_bn(&mut self, f: &mut dyn FnMut(&mut BatchNorm2d)) {
+        f(&mut self.stem.bn);
+        for b in &mut self.blocks {
+            f(&mut b.bn1);
+            f(&mut b.bn2);
+            if let Some(s) = &mut b.shortcut {
+                f(&mut s.bn);
+            }
+        }
+    }
+
     /// Backpropagates `dlogits` through the whole network, accumulating every gradient.
     pub fn backward(&mut self, dlogits: &Array2<f32>, gemm: &mut dyn GemmEngine) {
         let mut d = self.head.backward(dlogits, gemm);

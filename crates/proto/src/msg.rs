@@ -7,8 +7,8 @@
 use e2t_core::{Batch, Counters, EngineConfig, EvalResult, Mode, Precision, Rail, StepResult};
 use serde::{Deserialize, Serialize};
 
-/// Bump on any change of [`Msg`]'s encoding (3: `MethodConfig::psg_fallback`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Bump on any change of [`Msg`]'s encoding (3: `MethodConfig::psg_fallback`; 4: `CalibrateBn`).
+pub const PROTOCOL_VERSION: u16 = 4;
 /// "E2TL": guards against talking to something that is not an e2train agent at all.
 pub const MAGIC: u32 = 0x4532_544c;
 /// Largest encoded message either side accepts (a CIFAR batch of 512 is 1.5 MiB).
@@ -142,6 +142,12 @@ pub enum Msg {
         total: u64,
         data: Vec<u8>,
     },
+    /// Re-estimate BatchNorm statistics from training images ("precise BN"), chunk `index` of a
+    /// sequence starting at 0; answered with `Ack`.
+    CalibrateBn {
+        images: Vec<u8>,
+        index: u32,
+    },
 }
 
 impl Msg {
@@ -157,6 +163,7 @@ impl Msg {
             Msg::Skip { .. } => "Skip",
             Msg::Evaluate { .. } => "Evaluate",
             Msg::EvalDone(_) => "EvalDone",
+            Msg::CalibrateBn { .. } => "CalibrateBn",
             Msg::ReadCounters => "ReadCounters",
             Msg::CountersAre(_) => "CountersAre",
             Msg::GetCheckpoint { .. } => "GetCheckpoint",
@@ -332,6 +339,7 @@ mod tests {
             step_result().prop_map(|r| Msg::StepDone(Box::new(r))),
             any::<f32>().prop_map(|lr| Msg::Skip { lr }),
             (bytes(), bytes()).prop_map(|(images, labels)| Msg::Evaluate { images, labels }),
+            (bytes(), any::<u32>()).prop_map(|(images, index)| Msg::CalibrateBn { images, index }),
             (any::<f64>(), any::<u64>(), any::<u64>()).prop_map(|(loss_sum, correct, samples)| {
                 Msg::EvalDone(EvalResult {
                     loss_sum,

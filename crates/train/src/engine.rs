@@ -392,6 +392,8 @@ impl StepEngine for E2TrainEngine {
         // Phases count this step only (evaluation between steps is not training work).
         let _ = self.backend.take_phase_counters();
         self.net.visit_params(&mut |p| p.zero_grad());
+        // A step ends any BN calibration: training statistics follow with momentum 0.1 again.
+        self.net.visit_bn(&mut |b| b.calib_seen = None);
         let all = self.cfg.train_only == TrainOnly::All;
         // Fine-tuning the last layer keeps the backbone (BN statistics, gates) frozen: eval mode.
         let ctx = Ctx {
@@ -537,6 +539,53 @@ impl StepEngine for E2TrainEngine {
         // Evaluation GEMMs report no PSG statistics, but drain whatever the backend kept.
         let _ = self.backend.take_psg_stats();
         Ok(total)
+    }
+
+    fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
+        let bad = |reason: String| EngineError::Batch {
+            seq: u64::MAX,
+            reason: format!("BN calibration chunk {index}: {reason}"),
+        };
+        let px = self.cfg.input.pixels();
+        if images.is_empty() || images.len() % px != 0 {
+            return Err(bad(format!(
+                "{} image bytes is not a positive multiple of {px} (one image)",
+                images.len()
+            )));
+        }
+        let mut started = true;
+        self.net
+            .visit_bn(&mut |b| started &= b.calib_seen.is_some());
+        if index == 0 {
+            self.net.visit_bn(&mut |b| b.calib_seen = Some(0));
+        } else if !started {
+            return Err(bad("chunks must start at index 0".into()));
+        }
+        let before = self.backend.counters();
+        // Training-mode BN (batch statistics), evaluation gates: the statistics of the network that
+        // evaluation runs. Nothing is backpropagated; the caches are dropped by the next step.
+        let ctx = Ctx {
+            train: true,
+            fwd_mode: self.fwd_mode(),
+        };
+        let mode = if self.cfg.method.slu {
+            GateMode::Deterministic
+        } else {
+            GateMode::Off
+        };
+        self.backend.set_eval(true);
+        for chunk in images.chunks(EVAL_BATCH * px) {
+            let x = self.to_input(chunk, chunk.len() / px);
+            self.net
+                .forward(self.backend.as_mut(), &x, ctx, false, mode, &mut self.rng);
+        }
+        self.backend.set_eval(false);
+        self.book_counters(&before);
+        let _ = self.backend.take_psg_stats();
+        if let Some(e) = self.backend.take_error() {
+            return Err(EngineError::Accelerator(format!("BN calibration: {e}")));
+        }
+        Ok(())
     }
 
     fn counters(&self) -> Counters {

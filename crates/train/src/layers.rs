@@ -451,6 +451,10 @@ pub struct BatchNorm {
     pub beta: Param,
     pub running_mean: Vec<f32>,
     pub running_var: Vec<f32>,
+    /// "Precise BN" re-estimation in progress: how many calibration batches this layer has seen
+    /// (each replaces the running statistics by the running mean over the batches so far).
+    /// `None` during training: momentum 0.1.
+    pub calib_seen: Option<u32>,
     cache: Option<(Array2<f32>, Vec<f32>)>,
 }
 
@@ -496,6 +500,7 @@ impl BatchNorm {
             beta: Param::zeros(format!("{name}.bias"), 1, c),
             running_mean: vec![0.0; c],
             running_var: vec![1.0; c],
+            calib_seen: None,
             cache: None,
         }
     }
@@ -516,11 +521,19 @@ impl BatchNorm {
                 .map(|(a, b)| ((b / nf) - (a / nf) * (a / nf)).max(0.0) as f32)
                 .collect();
             let unbias = if rows_n > 1 { nf / (nf - 1.0) } else { 1.0 };
+            // Calibration batch k (0-based) weighs 1/(k+1): after K batches the running statistics
+            // are the plain mean of their batch statistics.
+            let momentum = match &mut self.calib_seen {
+                Some(k) => {
+                    *k += 1;
+                    1.0 / *k as f32
+                }
+                None => BN_MOMENTUM,
+            };
             for i in 0..c {
-                self.running_mean[i] =
-                    (1.0 - BN_MOMENTUM) * self.running_mean[i] + BN_MOMENTUM * mean[i];
-                self.running_var[i] = (1.0 - BN_MOMENTUM) * self.running_var[i]
-                    + BN_MOMENTUM * (var[i] as f64 * unbias) as f32;
+                self.running_mean[i] = (1.0 - momentum) * self.running_mean[i] + momentum * mean[i];
+                self.running_var[i] = (1.0 - momentum) * self.running_var[i]
+                    + momentum * (var[i] as f64 * unbias) as f32;
             }
             (mean, var)
         } else {

@@ -1044,3 +1044,70 @@ fn init_from_checkpoint_for_fine_tuning() {
         .to_string();
     assert!(msg.contains("fp32 engine"), "{msg}");
 }
+
+/// Running statistics of every BN layer, in visit order.
+fn bn_stats(e: &mut E2TrainEngine) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let mut v = Vec::new();
+    e.net_mut()
+        .visit_bn(&mut |b| v.push((b.running_mean.clone(), b.running_var.clone())));
+    v
+}
+
+fn param_values(e: &mut E2TrainEngine) -> Vec<Vec<f32>> {
+    let mut v = Vec::new();
+    e.net_mut()
+        .visit_params(&mut |p| v.push(p.value.iter().copied().collect()));
+    v
+}
+
+#[test]
+fn bn_calibration_averages_its_chunks_batch_statistics_and_changes_no_weight() {
+    for slu in [false, true] {
+        let method = MethodConfig {
+            slu,
+            ..MethodConfig::fp32()
+        };
+        let mut e = E2TrainEngine::fp32(tiny_cfg(ModelKind::ResNet { depth: 8 }, 8, method))
+            .expect("engine");
+        for s in 0..3 {
+            e.step(&batch(s, 16, 8, 0.05)).expect("step");
+        }
+        let (a, b) = (batch(10, 12, 8, 0.0).images, batch(11, 20, 8, 0.0).images);
+        let w0 = param_values(&mut e);
+        e.calibrate_bn(&a, 0).expect("chunk a");
+        let sa = bn_stats(&mut e);
+        // Index 0 starts over: b's statistics do not depend on a's.
+        e.calibrate_bn(&b, 0).expect("chunk b");
+        let sb = bn_stats(&mut e);
+        e.calibrate_bn(&a, 0).expect("chunk a again");
+        e.calibrate_bn(&b, 1).expect("chunk b second");
+        let sab = bn_stats(&mut e);
+        assert_eq!(param_values(&mut e), w0, "calibration must not train");
+        // Every BN layer without SLU; with SLU a gated block may see only one chunk, so check the
+        // stem's BN, which sees every sample.
+        let layers = if slu { 1 } else { sab.len() };
+        for l in 0..layers {
+            for (k, ((&ma, &mb), &mab)) in sa[l].0.iter().zip(&sb[l].0).zip(&sab[l].0).enumerate() {
+                let want = (ma + mb) / 2.0;
+                assert!(
+                    (mab - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "slu {slu} layer {l} channel {k}: mean {mab}, want {want}"
+                );
+            }
+            for (k, ((&va, &vb), &vab)) in sa[l].1.iter().zip(&sb[l].1).zip(&sab[l].1).enumerate() {
+                let want = (va + vb) / 2.0;
+                assert!(
+                    (vab - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                    "slu {slu} layer {l} channel {k}: var {vab}, want {want}"
+                );
+            }
+        }
+        assert_ne!(sa[0], sb[0], "different images give different statistics");
+        // A step ends the calibration: continuing it is refused, and so is a partial image.
+        e.step(&batch(3, 16, 8, 0.05)).expect("step");
+        let err = e.calibrate_bn(&a, 1).unwrap_err().to_string();
+        assert!(err.contains("start at index 0"), "{err}");
+        let err = e.calibrate_bn(&a[1..], 0).unwrap_err().to_string();
+        assert!(err.contains("multiple of 64"), "{err}");
+    }
+}
