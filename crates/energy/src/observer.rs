@@ -4,7 +4,7 @@
 use crate::epoch::{EpochEnergy, Prediction};
 use crate::meter::MeterError;
 use crate::model::{EnergyBreakdown, EnergyModel};
-use e2t_core::StepResult;
+use e2t_core::{Counters, StepResult};
 use e2t_host::{EpochObserver, EpochRow};
 use std::sync::{Arc, Mutex};
 
@@ -80,6 +80,10 @@ impl EpochObserver for EnergyObserver {
 
     fn on_step(&mut self, result: &StepResult) {
         self.inner.on_step(result);
+    }
+
+    fn on_extra_work(&mut self, counters: &Counters) {
+        self.inner.record(counters, &[]);
     }
 
     fn on_epoch_end(&mut self, row: &EpochRow) -> Result<Vec<String>, String> {

@@ -81,6 +81,8 @@ pub trait EpochObserver {
     fn on_epoch_start(&mut self, _epoch: u32) {}
     fn on_step(&mut self, _result: &StepResult) {}
     fn on_dropped(&mut self, _seq: u64, _lr: f32) {}
+    /// Accelerator work of this epoch outside any step (the BN calibration before evaluation).
+    fn on_extra_work(&mut self, _counters: &Counters) {}
     /// Values for this epoch's row, one per column (empty string for a missing value).
     fn on_epoch_end(&mut self, row: &EpochRow) -> Result<Vec<String>, String>;
     /// State to carry across a checkpoint (e.g. a partial epoch's accumulators).
@@ -810,6 +812,7 @@ pub fn run_with_data(
             let d = engine.counters().delta_since(&before);
             st.acc.counters.accumulate(&d);
             st.acc.phases.forward.accumulate(&d);
+            observers.iter_mut().for_each(|o| o.on_extra_work(&d));
         }
         let mut ev = EvalResult::default();
         let chunk = cfg.eval_batch.max(1);
