@@ -194,5 +194,13 @@ mod tests {
         // A counter mismatch with the host is an error.
         o.on_epoch_start(2);
         assert!(o.on_epoch_end(&row(2, c)).is_err());
+        // Work outside steps (BN calibration) is priced with the epoch's steps.
+        o.on_epoch_start(3);
+        o.on_extra_work(&c);
+        o.on_extra_work(&c);
+        let mut two = c;
+        two.accumulate(&c);
+        let cells = o.on_epoch_end(&row(3, two)).unwrap();
+        assert_eq!(cells[0], format!("{}", model.energy(&two).total_j()));
     }
 }
