@@ -127,6 +127,11 @@ pub struct MethodConfig {
     pub slu_target: f32,
     /// Weight of the computation-cost regulariser.
     pub slu_beta: f32,
+    /// Also gate the shape-changing residual blocks (the reference does; a skipped sample then
+    /// takes the 1x1 strided shortcut alone). Off by default: it cost 16 points in short runs. A
+    /// model whose only gateable blocks change shape (ResNet-8) gates them either way.
+    #[serde(default)]
+    pub slu_gate_downsample: bool,
     /// Predictive sign gradient descent.
     pub psg: bool,
     pub psg_threshold: PsgThreshold,
@@ -151,6 +156,7 @@ impl MethodConfig {
             // The reference's 1e-5 has no visible effect with a per-sample mean; 1.0 moves the
             // executed fraction toward the target within tens of steps.
             slu_beta: 1.0,
+            slu_gate_downsample: false,
             psg: false,
             // c = 0.05 left 38-50% of entries uncertain (almost every tile recomputed); 0.001 gave
             // about 5% and better accuracy in short Fashion-MNIST runs (docs/results.md).

@@ -118,6 +118,11 @@ pub struct Settings {
     #[arg(long, allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_beta: Option<f64>,
+    /// SLU: also gate the shape-changing (downsampling) residual blocks, as the reference does
+    /// [default: false; ResNet-8 gates them either way]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slu_gate_downsample: Option<bool>,
     /// Predictive sign gradient descent on/off (overrides the method preset)
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -550,6 +555,9 @@ impl Settings {
             }
             method.slu_beta = b as f32;
         }
+        if let Some(g) = self.slu_gate_downsample {
+            method.slu_gate_downsample = g;
+        }
         if let Some(t) = &self.psg_threshold {
             method.psg_threshold = parse_psg_threshold(t)?;
         }
@@ -722,6 +730,7 @@ impl RunConfig {
             slu: Some(m.slu),
             slu_target: Some(pretty(m.slu_target)),
             slu_beta: Some(pretty(m.slu_beta)),
+            slu_gate_downsample: Some(m.slu_gate_downsample),
             psg: Some(m.psg),
             psg_threshold: Some(psg_threshold_str(m.psg_threshold)),
             psg_lr_scale: Some(pretty(m.psg_lr_scale)),
@@ -875,9 +884,15 @@ mod tests {
             "--augment",
             "--train-only",
             "last",
+            "--slu-gate-downsample",
+            "--bn-calibrate",
+            "3",
         ])
         .unwrap();
         assert!(c.method.smd && c.method.slu && !c.method.psg);
+        assert!(c.method.slu_gate_downsample);
+        assert_eq!(c.bn_calibrate, 3);
+
         assert_eq!(c.method.smd_p, 0.25);
         assert_eq!(c.method.psg_threshold, PsgThreshold::Absolute(5e-5));
         assert_eq!(c.method.psg_fallback, PsgFallback::Zero);
@@ -991,6 +1006,9 @@ mod tests {
                 "0.2",
                 "--psg-threshold",
                 "abs:0.00005",
+                "--slu-gate-downsample",
+                "--bn-calibrate",
+                "0",
             ],
             vec![
                 "--subset",

@@ -130,6 +130,7 @@ impl E2TrainEngine {
             s.width as usize,
             cfg.classes as usize,
             cfg.method.slu,
+            cfg.method.slu_gate_downsample,
             &mut rng,
         )
         .map_err(EngineError::Config)?;

@@ -364,6 +364,7 @@ fn slu_regulariser_drives_the_executed_fraction_to_the_target() {
         slu: true,
         slu_target: 0.3,
         slu_beta: 0.5,
+        slu_gate_downsample: true,
         ..MethodConfig::fp32()
     };
     let cfg = tiny_cfg(ModelKind::ResNet { depth: 14 }, 8, method);
@@ -371,7 +372,7 @@ fn slu_regulariser_drives_the_executed_fraction_to_the_target() {
     assert_eq!(
         eng.gated_blocks().len(),
         5,
-        "resnet14: 6 blocks, block 0 always runs"
+        "resnet14: 6 blocks, block 0 always runs, downsampling blocks gated too"
     );
     // Cost weights are real MACs: the stride-2 blocks cost less than the stride-1 ones of stage 1.
     let w = &eng.regulariser().expect("slu").weights;
@@ -1109,5 +1110,36 @@ fn bn_calibration_averages_its_chunks_batch_statistics_and_changes_no_weight() {
         assert!(err.contains("start at index 0"), "{err}");
         let err = e.calibrate_bn(&a[1..], 0).unwrap_err().to_string();
         assert!(err.contains("multiple of 64"), "{err}");
+    }
+}
+
+#[test]
+fn slu_gates_identity_blocks_and_downsampling_ones_only_when_asked_or_alone() {
+    let names = |depth: u32, gate_downsample: bool| -> Vec<String> {
+        let method = MethodConfig {
+            slu: true,
+            slu_gate_downsample: gate_downsample,
+            ..MethodConfig::fp32()
+        };
+        let e = E2TrainEngine::fp32(tiny_cfg(ModelKind::ResNet { depth }, 8, method)).unwrap();
+        e.gated_blocks().into_iter().map(|(n, _)| n).collect()
+    };
+    assert_eq!(
+        names(14, false),
+        ["stage1.block1", "stage2.block1", "stage3.block1"]
+    );
+    assert_eq!(
+        names(14, true),
+        [
+            "stage1.block1",
+            "stage2.block0",
+            "stage2.block1",
+            "stage3.block0",
+            "stage3.block1"
+        ]
+    );
+    // ResNet-8's only gateable blocks downsample: they are gated either way.
+    for g in [false, true] {
+        assert_eq!(names(8, g), ["stage2.block0", "stage3.block0"]);
     }
 }
