@@ -133,6 +133,10 @@ pub struct StepDiag {
     pub psg: Vec<LayerPsgStats>,
     /// Per gated block: (executed samples, total samples).
     pub slu_executed: Vec<(String, u32, u32)>,
+    /// Per gated block: samples whose gate was decisive, |p - 0.5| >= 0.25 (gates that learned to
+    /// select polarise; p near 0.5 for everyone is random skipping).
+    #[serde(default)]
+    pub slu_decisive: Vec<(String, u32)>,
     /// Where the step's accelerator work went (zero for the fp32 engine).
     pub phases: PhaseCounters,
 }

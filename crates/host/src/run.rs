@@ -39,9 +39,9 @@ pub const DIAG_COLUMNS: [&str; 4] = ["epoch", "kind", "name", "value"];
 pub const TAG_SMD: u64 = 0x534d_4443; // "SMDC"
 
 /// Bumped whenever the host state's layout changes (bincode has no optional fields): 2 added the
-/// per-phase counters of the running epoch.
-const MAGIC: &[u8; 8] = b"E2THOST2";
-const OLD_MAGIC: &[u8; 8] = b"E2THOST1";
+/// per-phase counters of the running epoch, 3 the SLU gates' decisive counts.
+const MAGIC: &[u8; 8] = b"E2THOST3";
+const OLD_MAGICS: [&[u8; 8]; 2] = [b"E2THOST1", b"E2THOST2"];
 
 /// One finished epoch (one row of `epochs.csv`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,6 +117,8 @@ struct EpochAcc {
     psg: Vec<(String, [u64; 4])>,
     /// Per gated block: executed samples, total samples.
     slu: Vec<(String, u64, u64)>,
+    /// Per gated block: samples with a decisive gate (|p - 0.5| >= 0.25).
+    slu_decisive: Vec<(String, u64)>,
     /// Accelerator work by GEMM phase.
     phases: PhaseCounters,
 }
@@ -145,6 +147,12 @@ impl EpochAcc {
                 None => self.slu.push((name.clone(), *ex as u64, *tot as u64)),
             }
         }
+        for (name, d) in &r.diag.slu_decisive {
+            match self.slu_decisive.iter_mut().find(|(n, _)| n == name) {
+                Some((_, acc)) => *acc += *d as u64,
+                None => self.slu_decisive.push((name.clone(), *d as u64)),
+            }
+        }
     }
 
     fn diag_rows(&self, epoch: u32) -> Vec<DiagRow> {
@@ -170,6 +178,9 @@ impl EpochAcc {
             push("slu_executed", name, *e as f64);
             push("slu_total", name, *t as f64);
             push("slu_executed_fraction", name, frac(*e, *t));
+            if let Some((_, d)) = self.slu_decisive.iter().find(|(n, _)| n == name) {
+                push("slu_decisive_fraction", name, frac(*d, *t));
+            }
         }
         if self.phases != PhaseCounters::default() {
             for (name, c) in self.phases.named() {
@@ -214,12 +225,13 @@ fn encode_checkpoint(s: &HostState) -> Result<Vec<u8>, HostError> {
 }
 
 fn decode_checkpoint(bytes: &[u8], path: &Path) -> Result<HostState, HostError> {
-    if bytes.starts_with(OLD_MAGIC) {
+    if let Some(old) = OLD_MAGICS.iter().find(|m| bytes.starts_with(m.as_slice())) {
         return Err(HostError::Checkpoint {
             path: path.to_path_buf(),
-            reason: "written by an older e2train (E2THOST1 header): it cannot be resumed or used \
-                     with --init"
-                .into(),
+            reason: format!(
+                "written by an older e2train ({} header): it cannot be resumed or used with --init",
+                String::from_utf8_lossy(old.as_slice())
+            ),
         });
     }
     let body = bytes
@@ -584,7 +596,7 @@ fn read_init(path: &Path) -> Result<(Vec<u8>, u64), HostError> {
         path.to_path_buf()
     };
     let bytes = std::fs::read(&p).map_err(|e| HostError::io(&p, e))?;
-    if bytes.starts_with(MAGIC) || bytes.starts_with(OLD_MAGIC) {
+    if bytes.starts_with(MAGIC) || OLD_MAGICS.iter().any(|m| bytes.starts_with(m.as_slice())) {
         let st = decode_checkpoint(&bytes, &p)?;
         Ok((st.engine, st.seq_base + st.global_step))
     } else {

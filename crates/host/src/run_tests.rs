@@ -157,6 +157,7 @@ impl StepEngine for Toy {
                     recomputed_tiles: 1,
                 }],
                 slu_executed: vec![("block1".into(), (n / 2) as u32, n as u32)],
+                slu_decisive: vec![("block1".into(), (n / 4) as u32)],
                 // All of the toy's work is its one forward GEMM.
                 phases: PhaseCounters {
                     forward: counters,
@@ -419,13 +420,18 @@ fn run_folder_files_and_csv_columns() {
     assert!(dl.contains(&"1,psg_predicted,fc,960"), "{diag}");
     assert!(dl.contains(&"1,psg_recomputed_fraction,fc,0.25"), "{diag}");
     assert!(dl.contains(&"3,slu_total,block1,60"), "{diag}");
+    // 7 steps of 8 samples with 2 decisive gates, one of 4 with 1: 15 of 60.
+    assert!(
+        dl.contains(&"3,slu_decisive_fraction,block1,0.25"),
+        "{diag}"
+    );
     // Phase rows sum the steps' phase counters: the epoch's 60 samples x 16 px x 3 classes.
     assert!(dl.contains(&"2,phase_macs_int16,forward,2880"), "{diag}");
     assert!(
         dl.contains(&"2,phase_macs_int16,weight_gradient,0"),
         "{diag}"
     );
-    assert_eq!(dl.len(), 1 + 3 * (9 + 12));
+    assert_eq!(dl.len(), 1 + 3 * (10 + 12));
 
     let js: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(SUMMARY_FILE)).unwrap()).unwrap();
@@ -761,14 +767,16 @@ fn init_loads_weights_and_mismatches_are_refused() {
         .unwrap_err()
         .to_string()
     };
-    let err = resume_err(b"E2THOST2garbage");
+    let err = resume_err(b"E2THOST3garbage");
     assert!(
         err.contains("checkpoint.bin") && err.contains("corrupt"),
         "{err}"
     );
     // A checkpoint of the previous layout is named as such, not as corrupt.
-    let err = resume_err(b"E2THOST1whatever");
-    assert!(err.contains("older e2train"), "{err}");
+    for old in [b"E2THOST1whatever", b"E2THOST2whatever"] {
+        let err = resume_err(old);
+        assert!(err.contains("older e2train"), "{err}");
+    }
     let err = resume_err(b"hello");
     assert!(err.contains("wrong magic"), "{err}");
 }

@@ -300,6 +300,7 @@ mod tests {
                         })
                         .collect(),
                     slu_executed: vec![("b1".into(), 3, 8)],
+                    slu_decisive: vec![("b1".into(), 2)],
                     phases: PhaseCounters {
                         backward_data: Counters {
                             bytes_out: 77,

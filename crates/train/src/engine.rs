@@ -454,9 +454,19 @@ impl StepEngine for E2TrainEngine {
             .iter()
             .map(|r| (r.block.clone(), r.executed, n as u32))
             .collect();
+        let slu_decisive = self
+            .net
+            .records
+            .iter()
+            .map(|r| {
+                let n = r.p.iter().filter(|&&p| (p - 0.5).abs() >= 0.25).count();
+                (r.block.clone(), n as u32)
+            })
+            .collect();
         let diag = StepDiag {
             psg: self.psg_diag(),
             slu_executed,
+            slu_decisive,
             phases: self.backend.take_phase_counters(),
         };
         self.steps += 1;

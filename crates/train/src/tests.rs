@@ -382,6 +382,11 @@ fn slu_regulariser_drives_the_executed_fraction_to_the_target() {
         let r = eng.step(&batch(s + 1, 16, 8, 0.1)).expect("step");
         assert_eq!(r.diag.slu_executed.len(), 5);
         fracs.push(executed_fraction(&eng, &r.diag));
+        for ((b, _, n), (d, k)) in r.diag.slu_executed.iter().zip(&r.diag.slu_decisive) {
+            assert_eq!(b, d);
+            // The gates start at p = σ(2) = 0.88 for every sample: all decisive.
+            assert!(*k <= *n && (s > 0 || k == n), "step {s} {b}: {k} of {n}");
+        }
     }
     let start: f32 = fracs[..3].iter().sum::<f32>() / 3.0;
     let end: f32 = fracs[fracs.len() - 5..].iter().sum::<f32>() / 5.0;
