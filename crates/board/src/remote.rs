@@ -402,6 +402,17 @@ impl Inner {
         }
     }
 
+    /// [`Self::request`] (with recovery) of a message answered by `Ack`.
+    fn request_ack(&mut self, m: Msg, request: &'static str) -> Result<(), RemoteError> {
+        match self.request(m)? {
+            Msg::Ack => Ok(()),
+            other => Err(RemoteError::Unexpected {
+                request,
+                got: other.name(),
+            }),
+        }
+    }
+
     fn put_checkpoint(&mut self, bytes: &[u8]) -> Result<(), RemoteError> {
         self.upload(bytes, false)
     }
@@ -634,38 +645,23 @@ impl StepEngine for RemoteEngine {
 
     fn skip_step(&mut self, lr: f32) -> Result<(), EngineError> {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        match g.request(Msg::Skip { lr }) {
-            Ok(Msg::Ack) => {
-                g.log.push(Op::Skip(lr));
-                Ok(())
-            }
-            Ok(other) => Err(RemoteError::Unexpected {
-                request: "Skip",
-                got: other.name(),
-            }
-            .into_engine()),
-            Err(e) => Err(e.into_engine()),
-        }
+        g.request_ack(Msg::Skip { lr }, "Skip")
+            .map_err(RemoteError::into_engine)?;
+        g.log.push(Op::Skip(lr));
+        Ok(())
     }
 
     fn calibrate_bn(&mut self, images: &[u8], index: u32) -> Result<(), EngineError> {
         let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        match g.request(Msg::CalibrateBn {
+        let m = Msg::CalibrateBn {
             images: images.to_vec(),
             index,
-        }) {
-            Ok(Msg::Ack) => {
-                // Calibration changes the BN statistics: a reconnect must replay it.
-                g.log.push(Op::CalibrateBn(images.to_vec(), index));
-                Ok(())
-            }
-            Ok(other) => Err(RemoteError::Unexpected {
-                request: "CalibrateBn",
-                got: other.name(),
-            }
-            .into_engine()),
-            Err(e) => Err(e.into_engine()),
-        }
+        };
+        g.request_ack(m, "CalibrateBn")
+            .map_err(RemoteError::into_engine)?;
+        // Calibration changes the BN statistics: a reconnect must replay it.
+        g.log.push(Op::CalibrateBn(images.to_vec(), index));
+        Ok(())
     }
 
     fn evaluate(&mut self, images: &[u8], labels: &[u8]) -> Result<EvalResult, EngineError> {

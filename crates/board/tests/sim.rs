@@ -38,6 +38,15 @@ fn sim_board_matches_the_in_process_engine_bit_for_bit() {
         common::run(&mut e, &common::batches(20));
         e.counters()
     });
+    // BN calibration goes through the protocol: acknowledged, and a bad chunk is refused by the
+    // agent with the engine's reason.
+    let b = &common::batches(1)[0];
+    remote.calibrate_bn(&b.images, 0).unwrap();
+    let err = remote
+        .calibrate_bn(&b.images[1..], 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("BN calibration chunk 1"), "{err}");
     let s = remote.link_stats();
     assert!(s.messages_sent > 20, "{s:?}");
     assert_eq!(remote.board_info().unwrap().board_id, "sim");

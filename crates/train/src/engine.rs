@@ -208,6 +208,15 @@ impl E2TrainEngine {
         )
     }
 
+    /// Gates at evaluation (and BN calibration): deterministic p > 0.5.
+    fn eval_gates(&self) -> GateMode {
+        if self.cfg.method.slu {
+            GateMode::Deterministic
+        } else {
+            GateMode::Off
+        }
+    }
+
     fn fwd_mode(&self) -> Mode {
         if self.cfg.method.psg {
             Mode::Int8
@@ -520,11 +529,7 @@ impl StepEngine for E2TrainEngine {
             train: false,
             fwd_mode: self.fwd_mode(),
         };
-        let mode = if self.cfg.method.slu {
-            GateMode::Deterministic
-        } else {
-            GateMode::Off
-        };
+        let mode = self.eval_gates();
         let mut total = EvalResult::default();
         self.backend.set_eval(true);
         for (imgs, labs) in images
@@ -579,11 +584,7 @@ impl StepEngine for E2TrainEngine {
             train: true,
             fwd_mode: self.fwd_mode(),
         };
-        let mode = if self.cfg.method.slu {
-            GateMode::Deterministic
-        } else {
-            GateMode::Off
-        };
+        let mode = self.eval_gates();
         self.backend.set_eval(true);
         for chunk in images.chunks(EVAL_BATCH * px) {
             let x = self.to_input(chunk, chunk.len() / px);
