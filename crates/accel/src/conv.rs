@@ -149,6 +149,11 @@ impl ConvCodes {
     pub fn geom(&self) -> Im2colGeom {
         self.geom
     }
+    /// The INT16 per-tensor codes the weight gradient uses (not an INT8 forward's 8-bit codes):
+    /// then `AccelGemm::conv_backward_weight_from_codes` needs no fp32 input.
+    pub fn is_int16(&self) -> bool {
+        !self.eight
+    }
 }
 
 /// im2col on floats, the plain way.

@@ -489,6 +489,62 @@ impl<A: Accelerator> AccelGemm<A> {
         }
     }
 
+    /// [`Self::conv_backward_weight`] without the fp32 input, for codes that
+    /// [`ConvCodes::is_int16`] (the INT16 per-tensor codes this GEMM uses): the same result,
+    /// counters and errors as passing the input those codes came from, so a layer need not keep
+    /// its fp32 input alive between forward and backward. Codes of an 8-bit tensor cannot stand
+    /// in for the input (the INT16 codes need its fp32 values): that is recorded as a shape error
+    /// and `dw` is zeroed.
+    pub fn conv_backward_weight_from_codes(
+        &mut self,
+        layer: &str,
+        cached: ConvCodes,
+        dy: ArrayView2<'_, f32>,
+        mut dw: ArrayViewMut2<'_, f32>,
+    ) {
+        let g = cached.geom;
+        let r = if cached.is_int16() {
+            conv_matrix(
+                "backward_weight",
+                cached.codes.len(),
+                &g,
+                dy.dim(),
+                dw.dim(),
+            )
+            .and_then(|(m, k)| {
+                check_shapes(
+                    "backward_weight",
+                    (m, k),
+                    dy.dim(),
+                    dw.dim(),
+                    (m, dy.nrows()),
+                    (k, dy.ncols()),
+                )?;
+                let ex = cached.exp;
+                self.with_patches(&cached.codes, &g, |me, codes| {
+                    me.backward_weight_codes(
+                        layer,
+                        CodeMatrix::row_major(codes, m, k)?,
+                        ex,
+                        dy,
+                        dw.view_mut(),
+                    )
+                })
+            })
+        } else {
+            Err(AccelError::LayerShapes {
+                op: "backward_weight (8-bit codes without the fp32 input)",
+                lhs: (g.n * g.h * g.w, g.c),
+                rhs: dy.dim(),
+                out: dw.dim(),
+            })
+        };
+        if let Err(e) = r {
+            dw.fill(0.0);
+            self.record(e);
+        }
+    }
+
     fn conv_forward_impl(
         &mut self,
         layer: &str,
@@ -497,7 +553,7 @@ impl<A: Accelerator> AccelGemm<A> {
         w: ArrayView2<'_, f32>,
         y: ArrayViewMut2<'_, f32>,
     ) -> Result<ConvCodes, AccelError> {
-        let (m, k) = conv_matrix("conv_forward", x, &g, w.dim(), y.dim())?;
+        let (m, k) = conv_matrix("conv_forward", x.len(), &g, w.dim(), y.dim())?;
         check_shapes(
             "conv_forward",
             (m, k),
@@ -536,7 +592,7 @@ impl<A: Accelerator> AccelGemm<A> {
         dy: ArrayView2<'_, f32>,
         dw: ArrayViewMut2<'_, f32>,
     ) -> Result<(), AccelError> {
-        let (m, k) = conv_matrix("backward_weight", x, &g, dy.dim(), dw.dim())?;
+        let (m, k) = conv_matrix("backward_weight", x.len(), &g, dy.dim(), dw.dim())?;
         check_shapes(
             "backward_weight",
             (m, k),
@@ -998,13 +1054,13 @@ fn quantize_weight_columns(
 /// The im2col matrix shape of a convolution call, after checking the input length and geometry.
 fn conv_matrix(
     op: &'static str,
-    x: &[f32],
+    x_len: usize,
     g: &Im2colGeom,
     rhs: (usize, usize),
     out: (usize, usize),
 ) -> Result<(usize, usize), AccelError> {
     match g.matrix() {
-        Some(mk) if x.len() == g.input_len() => Ok(mk),
+        Some(mk) if x_len == g.input_len() => Ok(mk),
         _ => Err(AccelError::LayerShapes {
             op,
             lhs: (g.n * g.h * g.w, g.c),
@@ -1118,15 +1174,39 @@ fn max_code(y: &[f32], scales: &[f64], shift: u32) -> u32 {
         .iter()
         .map(|&s| 1.0 / (s * crate::pow2_f64(shift)))
         .collect();
-    y.par_chunks(n * 1024)
+    // max over entries of |y·inv_j| = max over columns of (max |y| of the column)·|inv_j|: a
+    // multiply by a fixed factor rounds monotonically, so the largest |y| of a column gives its
+    // largest product, and max ignores NaN in any order (`a > m` is false for NaN, as f64::max
+    // keeps the other value). So the per-entry f64 work becomes an f32 max per column.
+    let colmax = y
+        .par_chunks(n * 1024)
         .map(|c| {
-            c.chunks_exact(n).fold(0f64, |m, row| {
-                row.iter()
-                    .zip(&inv)
-                    .fold(m, |m, (&v, &i)| m.max((f64::from(v) * i).abs()))
-            })
+            let mut m = vec![0f32; n];
+            for row in c.chunks_exact(n) {
+                for (m, &v) in m.iter_mut().zip(row) {
+                    let a = v.abs();
+                    if a > *m {
+                        *m = a;
+                    }
+                }
+            }
+            m
         })
-        .reduce(|| 0.0, f64::max)
+        .reduce(
+            || vec![0f32; n],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(b) {
+                    if b > *a {
+                        *a = b;
+                    }
+                }
+                a
+            },
+        );
+    colmax
+        .iter()
+        .zip(&inv)
+        .fold(0f64, |m, (&c, &i)| m.max(f64::from(c) * i.abs()))
         .round() as u32
 }
 
@@ -1762,25 +1842,43 @@ mod tests {
             let dy = rand_mat(&mut rng, m, cout, 1e-2);
             for cfg in cfgs {
                 let (mut plain, mut conv) = (engine(cfg), engine(cfg));
+                // As a layer that keeps only INT16 codes (not its fp32 input) would call it.
+                let mut nox = engine(cfg);
                 for step in 0..2 {
                     let mut y1 = Array2::zeros((m, cout));
                     let mut y2 = Array2::zeros((m, cout));
+                    let mut y3 = Array2::zeros((m, cout));
                     plain.forward("c", cols.view(), w.view(), y1.view_mut());
                     let codes = conv.conv_forward("conv", &x, g, w.view(), y2.view_mut());
+                    let codes3 = nox.conv_forward("conv", &x, g, w.view(), y3.view_mut());
                     assert_eq!(y1, y2, "case {case} {cfg:?} step {step}");
+                    assert_eq!(y1, y3, "case {case} {cfg:?} step {step}");
                     let mut d1 = Array2::zeros((kk, cout));
                     let mut d2 = Array2::zeros((kk, cout));
+                    let mut d3 = Array2::from_elem((kk, cout), 9.0);
                     plain.backward_weight("c", cols.view(), dy.view(), d1.view_mut());
                     conv.conv_backward_weight("c", &x, g, codes, dy.view(), d2.view_mut());
                     assert_eq!(d1, d2, "case {case} {cfg:?} step {step}");
+                    match codes3 {
+                        Some(c) if c.is_int16() => {
+                            nox.conv_backward_weight_from_codes("c", c, dy.view(), d3.view_mut())
+                        }
+                        c => nox.conv_backward_weight("c", &x, g, c, dy.view(), d3.view_mut()),
+                    }
+                    assert_eq!(d1, d3, "case {case} {cfg:?} step {step} from codes");
                     // Without the forward's codes (or with codes of another shape) as well.
                     conv.conv_backward_weight("c2", &x, g, None, dy.view(), d2.view_mut());
+                    nox.conv_backward_weight("c2", &x, g, None, dy.view(), d3.view_mut());
                     plain.backward_weight("c2", cols.view(), dy.view(), d1.view_mut());
                     assert_eq!(d1, d2);
                 }
                 assert!(plain.take_error().is_none() && conv.take_error().is_none());
+                assert!(nox.take_error().is_none());
                 assert_eq!(plain.counters(), conv.counters());
-                assert_eq!(plain.take_psg_stats(), conv.take_psg_stats());
+                assert_eq!(plain.counters(), nox.counters());
+                let stats = conv.take_psg_stats();
+                assert_eq!(plain.take_psg_stats(), stats);
+                assert_eq!(nox.take_psg_stats(), stats);
             }
         }
         // A geometry that does not match the input is an error that zeroes the output.
@@ -1808,12 +1906,60 @@ mod tests {
             })
         ));
         assert!(y.iter().all(|&v| v == 0.0));
+        // 8-bit codes cannot replace the fp32 input of the INT16 weight gradient.
+        let mut p = engine(AccelGemmConfig::psg(PsgThreshold::Absolute(1e-3)));
+        let mut y8 = Array2::zeros((16, 2));
+        let c8 = p
+            .conv_forward("c", &[1.0; 32], g, w.view(), y8.view_mut())
+            .unwrap();
+        assert!(!c8.is_int16());
+        let mut dw = Array2::from_elem((18, 2), 3.0f32);
+        p.conv_backward_weight_from_codes("c", c8, Array2::ones((16, 2)).view(), dw.view_mut());
+        assert!(matches!(
+            p.take_error(),
+            Some(AccelError::LayerShapes { .. })
+        ));
+        assert!(dw.iter().all(|&v| v == 0.0));
         let bad = Im2colGeom { k: 9, ..g };
         assert!(
             e.conv_forward("c", &[1.0; 32], bad, w.view(), y.view_mut())
                 .is_none()
         );
         assert!(e.take_error().is_some());
+    }
+
+    /// The per-column maximum equals the entry-by-entry f64 maximum it replaces (NaN, infinity,
+    /// subnormals, ragged row counts).
+    #[test]
+    fn max_code_equals_the_entrywise_maximum() {
+        let mut rng = ChaCha8Rng::seed_from_u64(23);
+        for n in [1, 3, 16, 37] {
+            for rows in [0, 1, 5, 3000] {
+                let mut y: Vec<f32> = (0..rows * n + 2)
+                    .map(|_| (rng.random::<f32>() - 0.5) * 2e3)
+                    .collect();
+                if rows > 1 {
+                    y[1] = f32::NAN;
+                    y[n] = 1e-40;
+                }
+                let scales: Vec<f64> = (0..n).map(|_| pow2(rng.random_range(-20..4))).collect();
+                for shift in [0, 5, 20] {
+                    let naive = y
+                        .chunks_exact(n)
+                        .fold(0f64, |m, row| {
+                            row.iter().zip(&scales).fold(m, |m, (&v, &s)| {
+                                m.max((f64::from(v) * (1.0 / (s * crate::pow2_f64(shift)))).abs())
+                            })
+                        })
+                        .round() as u32;
+                    assert_eq!(max_code(&y, &scales, shift), naive, "n {n} rows {rows}");
+                }
+                if rows > 2 {
+                    y[2] = f32::INFINITY;
+                    assert_eq!(max_code(&y, &scales, 3), u32::MAX);
+                }
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,10 @@ const KSPLIT_MIN: usize = 512;
 pub(crate) const PACK_PAIRS_MAX: usize = 1024;
 /// K pairs of B packed per rayon task.
 const PB_CHUNK: usize = 512;
+/// Bytes of a K chunk of packed B that the row-outer loop order keeps in L1 (of 32 KiB).
+const B_L1_BYTES: usize = 20 << 10;
+/// Bytes of packed B that a fused (dequantizing) block still walks row by row from L2.
+const B_L2_BYTES: usize = 192 << 10;
 
 /// True when the integer path can run on this CPU.
 pub(crate) fn available() -> bool {
@@ -389,14 +393,38 @@ fn block<C: Conv, L: Lhs>(
     if abuf.len() < need {
         abuf.resize(need, 0);
     }
-    // Raw sums go straight into the destination when its rows are as wide as the panels.
+    // Raw sums go straight into the destination when its rows are as wide as the panels; a
+    // scaled output of one K chunk is written by the kernels themselves (no i64 sums at all).
     let direct = matches!(sink, Sink::Raw(_)) && pb.n == pb.npad;
-    if !direct && tmp.len() < rows * pb.npad {
+    let fused = fused_scaled::<C>(&sink, kpairs);
+    if !direct && !fused && tmp.len() < rows * pb.npad {
         tmp.resize(rows * pb.npad, 0);
     }
     // SAFETY: the CPU has AVX2 (callers check `available`).
     unsafe { block_avx2::<C, L>(a, pb, r0, rows, k0, k1, sink, &mut abuf, &mut tmp, direct) };
     SCRATCH.with(|c| c.set((abuf, tmp)));
+}
+
+/// True when a block of `kpairs` K pairs into `sink` dequantizes in the kernels: a scaled output
+/// without the 48-bit wrap whose K is one chunk (so every sum is final in the kernel's lanes).
+fn fused_scaled<C: Conv>(sink: &Sink<'_>, kpairs: usize) -> bool {
+    matches!(sink, Sink::Scaled { wrap: false, .. }) && kpairs <= C::KCP
+}
+
+/// Where a kernel's finished sums go.
+#[derive(Clone, Copy)]
+enum Epi {
+    /// i64 sums at `c + r * ldc`, added to what is there when `add`.
+    Acc { c: *mut i64, ldc: usize, add: bool },
+    /// Dequantized as [`dequant`] does (`requant` as its shift) into `cols <= NR` floats at
+    /// `out + r * ldo`, with the column scales at `scale` (`NR` readable).
+    Scaled {
+        out: *mut f32,
+        ldo: usize,
+        cols: usize,
+        scale: *const f64,
+        requant: Option<u32>,
+    },
 }
 
 #[target_feature(enable = "avx2")]
@@ -414,12 +442,30 @@ fn block_avx2<C: Conv, L: Lhs>(
     direct: bool,
 ) {
     let npad = pb.npad;
+    let kpairs = (k1 - k0).div_ceil(2);
+    let fused = fused_scaled::<C>(&sink, kpairs);
+    // Column scales padded to the panels (the fused kernels read whole panels of them).
+    let mut scale_pad = Vec::new();
+    let (fout, frequant): (*mut f32, Option<u32>) = match &mut sink {
+        Sink::Scaled {
+            out,
+            scale,
+            requant,
+            ..
+        } if fused => {
+            scale_pad.extend_from_slice(&scale[..pb.n]);
+            scale_pad.resize(npad, 0.0);
+            (out.as_mut_ptr(), *requant)
+        }
+        _ => (std::ptr::null_mut(), None),
+    };
     let (c, ldc): (&mut [i64], usize) = match (&mut sink, direct) {
+        _ if fused => (&mut [], npad),
         (Sink::Raw(d), true) => (&mut d[..rows * npad], npad),
         _ => (&mut tmp[..rows * npad], npad),
     };
+    let cptr = c.as_mut_ptr();
     // Balanced K chunks of at most KCP pairs.
-    let kpairs = (k1 - k0).div_ceil(2);
     let nchunks = kpairs.div_ceil(C::KCP);
     let kcp_step = kpairs.div_ceil(nchunks);
     // A short K range is packed whole (sequential reads of the source rows); a long one per chunk.
@@ -442,34 +488,71 @@ fn block_avx2<C: Conv, L: Lhs>(
             None => a.pack::<C>(r0, rows, kk, kc, abuf),
         };
         let add = ci > 0;
-        let mut i = 0;
-        while i < rows {
-            let mr = (rows - i).min(C::MR);
-            for q in 0..npad / NR {
-                // SAFETY: the pointers cover what the kernel reads and writes: `ap` describes
-                // `rows` rows of `kcp` pairs (in `abuf` or the source, which outlive this
-                // loop; from row `i`, `mr` rows); B from pair `kk / 2` has `kcp` pairs of
-                // `npad` lanes, high and low (columns `q * NR..q * NR + NR` exist); `c` holds
-                // `rows` rows of `ldc = npad` entries.
-                unsafe {
-                    kernel_mr::<C>(
-                        mr,
-                        kcp,
-                        APack {
-                            ptr: ap.ptr.add(i * ap.ars),
-                            ..ap
-                        },
-                        pb.data.as_ptr().add((kk / 2) * npad + q * NR),
-                        pb.lo_off,
-                        npad,
-                        c.as_mut_ptr().add(i * ldc + q * NR),
-                        ldc,
-                        add,
-                    )
-                };
+        let n = pb.n;
+        // One kernel call: rows `i..i + mr`, panel `q`.
+        // SAFETY (of the call, for the loops below): the pointers cover what the kernel reads and
+        // writes: `ap` describes `rows` rows of `kcp` pairs (in `abuf` or the source, which
+        // outlive this loop; from row `i`, `mr` rows); B from pair `kk / 2` has `kcp` pairs of
+        // `npad` lanes, high and low (columns `q * NR..q * NR + NR` exist); `c` holds `rows` rows
+        // of `ldc = npad` entries; a fused output has `rows` rows of `n` floats, of which the
+        // panel's first `min(NR, n - q * NR)` are written, and `scale_pad` holds `npad` scales.
+        let call = |i: usize, mr: usize, q: usize| unsafe {
+            let epi = if fused {
+                Epi::Scaled {
+                    out: fout.add(i * n + q * NR),
+                    ldo: n,
+                    cols: (n - q * NR).min(NR),
+                    scale: scale_pad.as_ptr().add(q * NR),
+                    requant: frequant,
+                }
+            } else {
+                Epi::Acc {
+                    c: cptr.add(i * ldc + q * NR),
+                    ldc,
+                    add,
+                }
+            };
+            kernel_mr::<C>(
+                mr,
+                kcp,
+                APack {
+                    ptr: ap.ptr.add(i * ap.ars),
+                    ..ap
+                },
+                pb.data.as_ptr().add((kk / 2) * npad + q * NR),
+                pb.lo_off,
+                npad,
+                epi,
+            )
+        };
+        let b_bytes = kcp * npad * 4 * if C::SPLIT { 2 } else { 1 };
+        if b_bytes <= B_L1_BYTES || (fused && b_bytes <= B_L2_BYTES) {
+            // The whole chunk of B fits in L1 (or, for dequantized outputs, which are then
+            // written row by row in full cache lines, in L2): row-outer.
+            let mut i = 0;
+            while i < rows {
+                let mr = (rows - i).min(C::MR);
+                for q in 0..npad / NR {
+                    call(i, mr, q);
+                }
+                i += mr;
             }
-            i += mr;
+        } else {
+            // Panel-outer: one panel of this chunk's B (at most 128 pairs x 16 lanes, high and
+            // low: 16 KiB) stays in L1 while every row of the block streams past it; row-outer
+            // would re-read the whole chunk of B from L2 for every `MR` rows.
+            for q in 0..npad / NR {
+                let mut i = 0;
+                while i < rows {
+                    let mr = (rows - i).min(C::MR);
+                    call(i, mr, q);
+                    i += mr;
+                }
+            }
         }
+    }
+    if fused {
+        return;
     }
     let n = pb.n;
     match sink {
@@ -508,28 +591,27 @@ unsafe fn kernel_mr<C: Conv>(
     b: *const i32,
     b_lo: usize,
     bps: usize,
-    c: *mut i64,
-    ldc: usize,
-    add: bool,
+    epi: Epi,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
         match mr {
-            4 => kernel::<C, 4>(kcp, a, b, b_lo, bps, c, ldc, add),
-            3 => kernel::<C, 3>(kcp, a, b, b_lo, bps, c, ldc, add),
-            2 => kernel::<C, 2>(kcp, a, b, b_lo, bps, c, ldc, add),
-            _ => kernel::<C, 1>(kcp, a, b, b_lo, bps, c, ldc, add),
+            4 => kernel::<C, 4>(kcp, a, b, b_lo, bps, epi),
+            3 => kernel::<C, 3>(kcp, a, b, b_lo, bps, epi),
+            2 => kernel::<C, 2>(kcp, a, b, b_lo, bps, epi),
+            _ => kernel::<C, 1>(kcp, a, b, b_lo, bps, epi),
         }
     }
 }
 
 /// `MR x 16` outputs over `kcp` K pairs: `c[r, j] (+)= sum_p a[r, p] · b[p, j]` with i32 lanes
-/// widened to i64 at the end (`(hi << 8) + lo` when split).
+/// widened to i64 at the end (`(hi << 8) + lo` when split), or dequantized (`Epi::Scaled`).
 ///
 /// # Safety
 /// AVX2 present; the pairs of `a` readable (4 bytes at `a.ptr + r * a.ars + p * a.aps`) for
 /// `r < MR`, `p < kcp`; 16 lanes readable at `b + p * bps` (and at `b + b_lo + p * bps` when
-/// split); `c` readable and writable for 16 entries at `r * ldc`.
+/// split); for `Epi::Acc`, `c` readable and writable for 16 entries at `r * ldc`; for
+/// `Epi::Scaled`, `out` writable for `cols` entries at `r * ldo` and 16 scales readable.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -539,9 +621,7 @@ unsafe fn kernel<C: Conv, const MR: usize>(
     b: *const i32,
     b_lo: usize,
     bps: usize,
-    c: *mut i64,
-    ldc: usize,
-    add: bool,
+    epi: Epi,
 ) {
     let z = _mm256_setzero_si256();
     let mut hi = [[z; 2]; MR];
@@ -583,6 +663,20 @@ unsafe fn kernel<C: Conv, const MR: usize>(
             }
         }
     }
+    let (c, ldc, add) = match epi {
+        Epi::Acc { c, ldc, add } => (c, ldc, add),
+        Epi::Scaled {
+            out,
+            ldo,
+            cols,
+            scale,
+            requant,
+        } => {
+            // SAFETY: forwarded contract.
+            unsafe { store_scaled::<C, MR>(&hi, &lo, out, ldo, cols, scale, requant) };
+            return;
+        }
+    };
     for r in 0..MR {
         for h in 0..2 {
             let v = hi[r][h];
@@ -605,6 +699,78 @@ unsafe fn kernel<C: Conv, const MR: usize>(
                 _mm256_storeu_si256(cp.cast(), v0);
                 _mm256_storeu_si256(cp.add(4).cast(), v1);
             }
+        }
+    }
+}
+
+/// The kernel's final lane sums dequantized as [`dequant`] does, in f64 lanes: a sum
+/// `(hi << 8) + lo` (or `hi`) is at most 2^39 in magnitude within one K chunk, so it and every
+/// step below are exact in f64 until the final multiply by the scale and the rounding to f32,
+/// which are the same two IEEE operations `dequant` does. Requantization
+/// `(acc + 2^(s-1)) >> s` is `floor(acc · 2^-s + 0.5)` (both terms and their sum are exact: at
+/// most 40 significant bits), then saturation to i16.
+///
+/// # Safety
+/// AVX2 present; `out` writable for `cols <= 16` entries at `r * ldo` for `r < MR`; 16 scales
+/// readable at `scale`.
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_scaled<C: Conv, const MR: usize>(
+    hi: &[[__m256i; 2]; MR],
+    lo: &[[__m256i; 2]; MR],
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+    scale: *const f64,
+    requant: Option<u32>,
+) {
+    // Shift 0 keeps the sum as it is (then saturates): a shift of 0 needs no rounding step.
+    let shift = requant.filter(|&s| s > 0);
+    // 2^-s from its exponent bits (s <= 47): exact, and no `powi` call per kernel.
+    let inv = _mm256_set1_pd(shift.map_or(1.0, |s| {
+        f64::from_bits((1023 - u64::from(s.min(1022))) << 52)
+    }));
+    let half = _mm256_set1_pd(0.5);
+    let (lo16, hi16) = (_mm256_set1_pd(-32768.0), _mm256_set1_pd(32767.0));
+    let k256 = _mm256_set1_pd(256.0);
+    for r in 0..MR {
+        let mut row = [0f32; NR];
+        for h in 0..2 {
+            for half_i in 0..2 {
+                let pick = |v: __m256i| {
+                    if half_i == 0 {
+                        _mm256_castsi256_si128(v)
+                    } else {
+                        _mm256_extracti128_si256::<1>(v)
+                    }
+                };
+                let mut v = _mm256_cvtepi32_pd(pick(hi[r][h]));
+                if C::SPLIT {
+                    v = _mm256_add_pd(_mm256_mul_pd(v, k256), _mm256_cvtepi32_pd(pick(lo[r][h])));
+                }
+                if requant.is_some() {
+                    if shift.is_some() {
+                        v = _mm256_floor_pd(_mm256_add_pd(_mm256_mul_pd(v, inv), half));
+                    }
+                    v = _mm256_min_pd(_mm256_max_pd(v, lo16), hi16);
+                }
+                let j = 8 * h + 4 * half_i;
+                // SAFETY: 16 scales readable; `row` has 16 entries; a full panel has 16
+                // entries writable at `out + r * ldo`.
+                unsafe {
+                    let y = _mm256_cvtpd_ps(_mm256_mul_pd(v, _mm256_loadu_pd(scale.add(j))));
+                    let dst = if cols == NR {
+                        out.add(r * ldo + j)
+                    } else {
+                        row.as_mut_ptr().add(j)
+                    };
+                    _mm_storeu_ps(dst, y);
+                }
+            }
+        }
+        if cols < NR {
+            // SAFETY: `cols` entries writable at `out + r * ldo`.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(r * ldo), cols) };
         }
     }
 }
@@ -851,6 +1017,51 @@ mod tests {
                         e.to_bits(),
                         "{op:?} {requant:?} entry {i} float"
                     );
+                }
+            }
+        }
+    }
+
+    /// Scaled outputs of one K chunk are dequantized inside the kernels: equal to dequantizing
+    /// the golden accumulators for every operand, requantization shift (none, 0, rounding ties,
+    /// saturation) and ragged last panel, with extreme codes and either loop order.
+    #[test]
+    fn fused_scaled_outputs_match_dequantized_golden() {
+        let mut seed = 40;
+        for &(m, k, n) in &[
+            (37, 16, 21),
+            (5, 255, 33),
+            (70, 256, 144),
+            (3, 1, 1),
+            (9, 64, 576),
+        ] {
+            for extreme in [false, true] {
+                seed += 1;
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let a = codes(&mut rng, m * k, extreme);
+                let b = codes(&mut rng, k * n, !extreme);
+                let scale: Vec<f64> = (0..n).map(|j| 2f64.powi(-(j as i32 % 40)) * 0.75).collect();
+                let am = CodeMatrix::row_major(&a, m, k).unwrap();
+                let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+                for op in OPS {
+                    let want = golden(&a, &b, m, k, n, op);
+                    for requant in [None, Some(0), Some(1), Some(7), Some(20), Some(47)] {
+                        let mut out = vec![f32::NAN; m * n];
+                        let o = Out::Scaled {
+                            out: &mut out,
+                            scale: &scale,
+                            requant,
+                        };
+                        gemm(am, bm, op, o);
+                        for (i, (&o, &w)) in out.iter().zip(&want).enumerate() {
+                            let e = dequant(w, requant, scale[i % n]);
+                            assert_eq!(
+                                o.to_bits(),
+                                e.to_bits(),
+                                "{m}x{k}x{n} {op:?} {requant:?} entry {i}"
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -61,20 +61,25 @@ pub trait Backend: Send {
         }
         None
     }
-    /// A convolution's weight gradient from its NHWC input: [`Backend::backward_weight`] on the
-    /// im2col matrix; `cached` is what [`Backend::conv_forward`] returned for `x`.
+    /// A convolution's weight gradient from its NHWC input `x` of `dims`:
+    /// [`Backend::backward_weight`] on the im2col matrix; `cached` is what
+    /// [`Backend::conv_forward`] returned for `x`. `x` may be `None` only when `cached` holds
+    /// INT16 codes ([`ConvCodes::is_int16`]), which then stand in for it.
     #[allow(clippy::too_many_arguments)]
     fn conv_backward_weight(
         &mut self,
         layer: &str,
-        x: &Array4<f32>,
+        x: Option<&Array4<f32>>,
+        dims: (usize, usize, usize, usize),
         geom: (usize, usize, usize),
         cached: Option<ConvCodes>,
         dy: ArrayView2<'_, f32>,
         dw: ArrayViewMut2<'_, f32>,
         psg: bool,
     ) {
-        let _ = cached;
+        let _ = (cached, dims);
+        // This backend returns no codes from `conv_forward`, so layers keep their input.
+        let x = x.expect("a backend without conv codes gets the fp32 input");
         if geom == (1, 1, 0) {
             self.backward_weight(layer, rows(x), dy, dw, psg);
         } else {
@@ -314,13 +319,14 @@ impl Backend for AccelBackend {
         let xs = nhwc_slice(x);
         self.booked(
             |p| &mut p.forward,
-            |g| g.conv_forward(layer, &xs, im2col_geom(x, geom), w, y),
+            |g| g.conv_forward(layer, &xs, im2col_geom(x.dim(), geom), w, y),
         )
     }
     fn conv_backward_weight(
         &mut self,
         layer: &str,
-        x: &Array4<f32>,
+        x: Option<&Array4<f32>>,
+        dims: (usize, usize, usize, usize),
         geom: (usize, usize, usize),
         cached: Option<ConvCodes>,
         dy: ArrayView2<'_, f32>,
@@ -336,11 +342,21 @@ impl Backend for AccelBackend {
             backward_weight: bw,
             ..self.base
         });
-        let xs = nhwc_slice(x);
-        self.booked(
-            |p| &mut p.weight_gradient,
-            |g| g.conv_backward_weight(layer, &xs, im2col_geom(x, geom), cached, dy, dw),
-        );
+        match (x, cached) {
+            (Some(x), cached) => {
+                let xs = nhwc_slice(x);
+                self.booked(
+                    |p| &mut p.weight_gradient,
+                    |g| g.conv_backward_weight(layer, &xs, im2col_geom(dims, geom), cached, dy, dw),
+                );
+            }
+            // The forward's INT16 codes stand in for the input (the layer kept no copy of it).
+            (None, Some(c)) => self.booked(
+                |p| &mut p.weight_gradient,
+                |g| g.conv_backward_weight_from_codes(layer, c, dy, dw),
+            ),
+            (None, None) => panic!("conv_backward_weight needs the input or its forward's codes"),
+        }
     }
     fn counters(&mut self) -> Counters {
         self.gemm.accel().live_counters()
@@ -386,8 +402,10 @@ fn nhwc_slice(x: &Array4<f32>) -> Cow<'_, [f32]> {
     }
 }
 
-fn im2col_geom(x: &Array4<f32>, (k, stride, pad): (usize, usize, usize)) -> Im2colGeom {
-    let (n, h, w, c) = x.dim();
+fn im2col_geom(
+    (n, h, w, c): (usize, usize, usize, usize),
+    (k, stride, pad): (usize, usize, usize),
+) -> Im2colGeom {
     Im2colGeom {
         n,
         h,

@@ -2,9 +2,12 @@
 //! SLU can run the body on the executed samples only while skipped samples take the shortcut.
 
 use crate::backend::Backend;
-use crate::layers::{BatchNorm, Clamp, Conv2d, Ctx, DwConv2d, Param, out_size};
+use crate::layers::{
+    BatchNorm, Clamp, Conv2d, Ctx, DwConv2d, Param, give_array, out_size, pooled_copy, std_layout,
+};
 use ndarray::Array4;
 use rand::Rng;
+use rayon::prelude::*;
 
 /// One block of a network. `B(x)` is the whole block output (for a CIFAR BasicBlock
 /// `relu(F(x) + S(x))`), `S(x)` its shortcut.
@@ -121,7 +124,7 @@ impl Block for BasicBlock {
                 let y = conv.forward(be, x, ctx);
                 bn.forward(y, ctx)
             }
-            None => x.clone(),
+            None => pooled_copy(x),
         })
     }
     fn body_forward(
@@ -132,9 +135,11 @@ impl Block for BasicBlock {
         ctx: Ctx,
     ) -> Array4<f32> {
         let y = self.conv1.forward(be, x, ctx);
-        let y = self.bn1.forward(y, ctx);
-        let y = self.act1.forward(y, ctx);
-        let y = self.conv2.forward(be, &y, ctx);
+        // BN and ReLU in one pass; the ReLU keeps its output (conv2's input) for its mask.
+        let cap = self.act1.cap;
+        let a = self.bn1.forward_act(y, ctx, move |v| v.clamp(0.0, cap));
+        let y = self.conv2.forward(be, &a, ctx);
+        self.act1.keep_output(a, ctx);
         let mut y = self.bn2.forward(y, ctx);
         add_assign(&mut y, s.expect("BasicBlock body needs its shortcut"));
         self.out_act.forward(y, ctx)
@@ -146,12 +151,14 @@ impl Block for BasicBlock {
         psg: bool,
     ) -> (Array4<f32>, Option<Array4<f32>>) {
         let d = self.out_act.backward(dy);
-        let ds = d.clone();
+        let ds = pooled_copy(&d);
         let d = self.bn2.backward(d);
-        let d = self.conv2.backward(be, &d, true, psg).expect("need_dx");
-        let d = self.act1.backward(d);
-        let d = self.bn1.backward(d);
-        let dx = self.conv1.backward(be, &d, true, psg).expect("need_dx");
+        let d2 = self.conv2.backward(be, &d, true, psg).expect("need_dx");
+        give_array(d);
+        let d2 = self.act1.backward(d2);
+        let d2 = self.bn1.backward(d2);
+        let dx = self.conv1.backward(be, &d2, true, psg).expect("need_dx");
+        give_array(d2);
         (dx, Some(ds))
     }
     fn shortcut_backward(
@@ -163,7 +170,9 @@ impl Block for BasicBlock {
         match &mut self.down {
             Some((conv, bn)) => {
                 let d = bn.backward(ds);
-                conv.backward(be, &d, true, psg).expect("need_dx")
+                let dx = conv.backward(be, &d, true, psg).expect("need_dx");
+                give_array(d);
+                dx
             }
             None => ds,
         }
@@ -389,5 +398,23 @@ impl Block for InvertedResidual {
 
 /// `y += s`, element-wise in parallel (activation-sized; same result as the serial add).
 pub(crate) fn add_assign(y: &mut Array4<f32>, s: &Array4<f32>) {
-    ndarray::Zip::from(y).and(s).par_for_each(|a, &b| *a += b);
+    assert_eq!(y.dim(), s.dim(), "add_assign shapes");
+    if !y.is_standard_layout() {
+        *y = std_layout(std::mem::take(y));
+    }
+    let ys = y.as_slice_mut().expect("standard layout");
+    match s.as_slice() {
+        Some(ss) => ys
+            .par_chunks_mut(1 << 15)
+            .zip(ss.par_chunks(1 << 15))
+            .for_each(|(a, b)| {
+                for (a, &b) in a.iter_mut().zip(b) {
+                    *a += b;
+                }
+            }),
+        None => {
+            let y = ndarray::ArrayViewMut4::from_shape(s.dim(), ys).expect("same shape");
+            ndarray::Zip::from(y).and(s).par_for_each(|a, &b| *a += b);
+        }
+    }
 }

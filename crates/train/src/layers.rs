@@ -7,10 +7,87 @@
 use crate::backend::Backend;
 use e2t_accel::ConvCodes;
 use e2t_core::Mode;
-use ndarray::{Array1, Array2, Array4, ArrayView2, Axis, s};
+use ndarray::{Array, Array1, Array2, Array4, ArrayView2, Axis, Dimension, s};
 use rand::Rng;
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// Recycled float buffers of this thread (see [`take_buf`]).
+    static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+/// Most buffers a thread keeps for reuse (a step's large temporaries: patch gradients, BN caches,
+/// layer outputs); more are freed.
+const POOL_MAX: usize = 16;
+/// Elements per parallel chunk of the element-wise loops (fixed: results never depend on it, but
+/// fixed chunks keep the rayon split cheap and predictable).
+const EW_CHUNK: usize = 1 << 15;
+
+/// A buffer of exactly `len` floats whose contents are unspecified (but initialized): the
+/// smallest recycled buffer that is long enough, else a fresh one. For outputs that are written
+/// in full before they are read: reusing saves the allocator's zeroing (a `calloc` of reused heap
+/// memory is a memset) of the multi-megabyte tensors every layer makes every step.
+pub(crate) fn take_buf(len: usize) -> Vec<f32> {
+    let found = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let best = p
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        best.map(|i| p.swap_remove(i))
+    });
+    match found {
+        Some(mut v) => {
+            if v.len() >= len {
+                v.truncate(len);
+            } else {
+                v.resize(len, 0.0);
+            }
+            v
+        }
+        None => vec![0.0; len],
+    }
+}
+
+/// Hands a buffer back for [`take_buf`] (the smallest is freed when the pool is full).
+pub(crate) fn give_buf(v: Vec<f32>) {
+    if v.capacity() == 0 {
+        return;
+    }
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        p.push(v);
+        if p.len() > POOL_MAX
+            && let Some(i) = p
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i)
+        {
+            p.swap_remove(i);
+        }
+    });
+}
+
+/// [`give_buf`] for an array's storage.
+pub(crate) fn give_array<D: Dimension>(a: Array<f32, D>) {
+    give_buf(a.into_raw_vec_and_offset().0);
+}
+
+/// An array of `dims` from [`take_buf`] (contents unspecified: the caller writes every element).
+pub(crate) fn pooled4(dims: (usize, usize, usize, usize)) -> Array4<f32> {
+    Array4::from_shape_vec(dims, take_buf(dims.0 * dims.1 * dims.2 * dims.3))
+        .expect("buffer length is the product of the dims")
+}
+
+/// [`pooled4`] for a matrix.
+pub(crate) fn pooled2(dims: (usize, usize)) -> Array2<f32> {
+    Array2::from_shape_vec(dims, take_buf(dims.0 * dims.1))
+        .expect("buffer length is the product of the dims")
+}
 
 /// How a pass runs: set once per forward by the engine.
 #[derive(Clone, Copy, Debug)]
@@ -177,7 +254,7 @@ pub fn col2im(
     let (_, h, w, c) = dims;
     let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
     let kk = k * k * c;
-    let mut dx = Array4::<f32>::zeros(dims);
+    let mut dx = pooled4(dims);
     let dcs = dcols
         .as_slice()
         .expect("column gradient in standard layout");
@@ -189,6 +266,8 @@ pub fn col2im(
         .par_chunks_mut(h * w * c)
         .enumerate()
         .for_each(|(b, xb)| {
+            // Zeroed here, image by image, while the image is about to be summed into anyway.
+            xb.fill(0.0);
             let chunk = &dcs[b * ho * wo * kk..(b + 1) * ho * wo * kk];
             for oy in 0..ho {
                 for ox in 0..wo {
@@ -218,6 +297,25 @@ pub fn col2im(
     dx
 }
 
+/// An NHWC copy of `x` in a recycled buffer.
+pub(crate) fn pooled_copy(x: &Array4<f32>) -> Array4<f32> {
+    let mut c = pooled4(x.dim());
+    match (c.as_slice_mut(), x.as_slice()) {
+        (Some(d), Some(s)) => d.copy_from_slice(s),
+        _ => c.assign(x),
+    }
+    c
+}
+
+/// What a convolution's training forward keeps for its backward.
+#[derive(Clone, Debug)]
+struct ConvCache {
+    /// The fp32 input, unless the backend's codes stand in for it ([`ConvCodes::is_int16`]).
+    x: Option<Array4<f32>>,
+    dims: (usize, usize, usize, usize),
+    codes: Option<ConvCodes>,
+}
+
 /// Convolution without bias (a BN always follows), weight `[k·k·Cin, Cout]`.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
@@ -227,8 +325,7 @@ pub struct Conv2d {
     pub stride: usize,
     pub pad: usize,
     pub w: Param,
-    /// The training forward's input and the backend's codes of it.
-    cache: Option<(Array4<f32>, Option<ConvCodes>)>,
+    cache: Option<ConvCache>,
 }
 
 impl Conv2d {
@@ -277,7 +374,8 @@ impl Conv2d {
             out_size(h, self.k, self.stride, self.pad),
             out_size(w, self.k, self.stride, self.pad),
         );
-        let mut y = Array2::<f32>::zeros((n * ho * wo, self.cout));
+        // The backend writes every output (zeros after an error).
+        let mut y = pooled2((n * ho * wo, self.cout));
         let id = self.id().to_string();
         let codes = be.conv_forward(
             &id,
@@ -288,7 +386,13 @@ impl Conv2d {
             ctx.fwd_mode,
         );
         if ctx.train {
-            self.cache = Some((x.clone(), codes));
+            // INT16 codes are all the weight gradient needs: no fp32 copy of the input then.
+            let keep_x = !codes.as_ref().is_some_and(ConvCodes::is_int16);
+            self.cache = Some(ConvCache {
+                x: keep_x.then(|| pooled_copy(x)),
+                dims: x.dim(),
+                codes,
+            });
         }
         from_rows(y, n, ho, wo)
     }
@@ -300,7 +404,7 @@ impl Conv2d {
         need_dx: bool,
         psg: bool,
     ) -> Option<Array4<f32>> {
-        let (x, codes) = self
+        let ConvCache { x, dims, codes } = self
             .cache
             .take()
             .expect("Conv2d::backward after a training forward");
@@ -310,7 +414,8 @@ impl Conv2d {
             let mut dw = Array2::<f32>::zeros(self.w.value.dim());
             be.conv_backward_weight(
                 &id,
-                &x,
+                x.as_ref(),
+                dims,
                 (self.k, self.stride, self.pad),
                 codes,
                 dy2,
@@ -319,16 +424,22 @@ impl Conv2d {
             );
             self.w.grad += &dw;
         }
+        if let Some(x) = x {
+            give_array(x);
+        }
         if !need_dx {
             return None;
         }
-        let mut dcols = Array2::<f32>::zeros((dy2.nrows(), self.k * self.k * self.cin));
+        // The backend writes every element (zeros after an error).
+        let mut dcols = pooled2((dy2.nrows(), self.k * self.k * self.cin));
         be.backward_data(&id, dy2, self.w.value.view(), dcols.view_mut());
         if self.is_pointwise() {
-            let (n, h, w, _) = x.dim();
+            let (n, h, w, _) = dims;
             Some(from_rows(dcols, n, h, w))
         } else {
-            Some(col2im(&dcols, x.dim(), self.k, self.stride, self.pad))
+            let dx = col2im(&dcols, dims, self.k, self.stride, self.pad);
+            give_array(dcols);
+            Some(dx)
         }
     }
 }
@@ -505,6 +616,16 @@ impl BatchNorm {
         }
     }
     pub fn forward(&mut self, x: Array4<f32>, ctx: Ctx) -> Array4<f32> {
+        self.forward_act(x, ctx, |v| v)
+    }
+    /// `act(BN(x))` in one pass over the output: e.g. BN followed by a [`Clamp`] (whose
+    /// [`Clamp::keep_output`] then takes the result), with the same values as the two layers.
+    pub fn forward_act(
+        &mut self,
+        x: Array4<f32>,
+        ctx: Ctx,
+        act: impl Fn(f32) -> f32 + Sync,
+    ) -> Array4<f32> {
         let (n, h, w, c) = x.dim();
         let mut m = std_layout(x)
             .into_shape_with_order((n * h * w, c))
@@ -547,7 +668,8 @@ impl BatchNorm {
             return m.into_shape_with_order((n, h, w, c)).expect("same size");
         }
         if ctx.train {
-            let mut xhat = vec![0f32; ys.len()];
+            // Every element is written below.
+            let mut xhat = take_buf(ys.len());
             xhat.par_chunks_mut(BN_CHUNK_ROWS * c)
                 .zip(ys.par_chunks_mut(BN_CHUNK_ROWS * c))
                 .for_each(|(xc, yc)| {
@@ -555,7 +677,7 @@ impl BatchNorm {
                         for i in 0..c {
                             let xh = (yr[i] - mean[i]) * invstd[i];
                             xr[i] = xh;
-                            yr[i] = g[i] * xh + b[i];
+                            yr[i] = act(g[i] * xh + b[i]);
                         }
                     }
                 });
@@ -567,7 +689,7 @@ impl BatchNorm {
             ys.par_chunks_mut(BN_CHUNK_ROWS * c).for_each(|yc| {
                 for yr in yc.chunks_exact_mut(c) {
                     for i in 0..c {
-                        yr[i] = g[i] * (yr[i] - mean[i]) * invstd[i] + b[i];
+                        yr[i] = act(g[i] * (yr[i] - mean[i]) * invstd[i] + b[i]);
                     }
                 }
             });
@@ -618,15 +740,32 @@ impl BatchNorm {
                     }
                 }
             });
+        give_array(xhat);
         d.into_shape_with_order((n, h, w, c)).expect("same size")
     }
 }
 
-/// ReLU (cap = ∞) or ReLU6 (cap = 6); the cached output gives the derivative mask.
+/// What a clamp keeps for its backward: where the gradient passes.
+#[derive(Clone, Debug)]
+enum ClampCache {
+    /// The clamped output itself (handed over by the caller, see [`Clamp::keep_output`]).
+    Output(Array4<f32>),
+    /// One byte per element: 1 where the gradient passes (a quarter of the output's bytes).
+    Mask(Vec<u8>),
+}
+
+/// True where the derivative of `clamp(·, 0, cap)` is 1, from the clamped value `v` (written as the
+/// negation of the "blocked" test so that NaN passes, as it always did).
+#[inline(always)]
+fn passes(v: f32, cap: f32) -> bool {
+    !(v <= 0.0 || v >= cap)
+}
+
+/// ReLU (cap = ∞) or ReLU6 (cap = 6); the output (or a mask of it) gives the derivative.
 #[derive(Clone, Debug)]
 pub struct Clamp {
     pub cap: f32,
-    cache: Option<Array4<f32>>,
+    cache: Option<ClampCache>,
 }
 
 impl Clamp {
@@ -642,25 +781,79 @@ impl Clamp {
             cache: None,
         }
     }
-    pub fn forward(&mut self, mut x: Array4<f32>, ctx: Ctx) -> Array4<f32> {
+    pub fn forward(&mut self, x: Array4<f32>, ctx: Ctx) -> Array4<f32> {
         let cap = self.cap;
-        x.par_mapv_inplace(|v| v.clamp(0.0, cap));
+        let mut x = std_layout(x);
+        let xs = x
+            .as_slice_mut()
+            .expect("activations are kept in standard layout");
         if ctx.train {
-            self.cache = Some(x.clone());
+            let mut mask = vec![0u8; xs.len()];
+            xs.par_chunks_mut(EW_CHUNK)
+                .zip(mask.par_chunks_mut(EW_CHUNK))
+                .for_each(|(xc, mc)| {
+                    for (v, m) in xc.iter_mut().zip(mc) {
+                        *v = v.clamp(0.0, cap);
+                        *m = u8::from(passes(*v, cap));
+                    }
+                });
+            self.cache = Some(ClampCache::Mask(mask));
+        } else {
+            xs.par_chunks_mut(EW_CHUNK).for_each(|xc| {
+                for v in xc {
+                    *v = v.clamp(0.0, cap);
+                }
+            });
         }
         x
     }
-    pub fn backward(&mut self, mut dy: Array4<f32>) -> Array4<f32> {
-        let y = self
+    /// Keeps `y`, this clamp's output computed elsewhere (e.g. fused into a BatchNorm), for the
+    /// backward of a training pass; otherwise recycles it.
+    pub fn keep_output(&mut self, y: Array4<f32>, ctx: Ctx) {
+        if ctx.train {
+            self.cache = Some(ClampCache::Output(y));
+        } else {
+            give_array(y);
+        }
+    }
+    pub fn backward(&mut self, dy: Array4<f32>) -> Array4<f32> {
+        let cache = self
             .cache
             .take()
             .expect("Clamp::backward after a training forward");
+        let mut dy = std_layout(dy);
         let cap = self.cap;
-        ndarray::Zip::from(&mut dy).and(&y).par_for_each(|d, &v| {
-            if v <= 0.0 || v >= cap {
-                *d = 0.0;
+        let ds = dy
+            .as_slice_mut()
+            .expect("gradients are kept in standard layout");
+        match cache {
+            ClampCache::Output(y) => {
+                let ys = y.as_slice().expect("standard layout");
+                assert_eq!(ys.len(), ds.len(), "Clamp::backward shape");
+                ds.par_chunks_mut(EW_CHUNK)
+                    .zip(ys.par_chunks(EW_CHUNK))
+                    .for_each(|(dc, yc)| {
+                        for (d, &v) in dc.iter_mut().zip(yc) {
+                            if !passes(v, cap) {
+                                *d = 0.0;
+                            }
+                        }
+                    });
+                give_array(y);
             }
-        });
+            ClampCache::Mask(mask) => {
+                assert_eq!(mask.len(), ds.len(), "Clamp::backward shape");
+                ds.par_chunks_mut(EW_CHUNK)
+                    .zip(mask.par_chunks(EW_CHUNK))
+                    .for_each(|(dc, mc)| {
+                        for (d, &m) in dc.iter_mut().zip(mc) {
+                            if m == 0 {
+                                *d = 0.0;
+                            }
+                        }
+                    });
+            }
+        }
         dy
     }
 }
@@ -792,4 +985,113 @@ pub fn softmax_ce(logits: &Array2<f32>, labels: &[u8]) -> (f32, u32, Array2<f32>
         correct,
         d,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn rand4(rng: &mut ChaCha8Rng, d: (usize, usize, usize, usize)) -> Array4<f32> {
+        Array4::from_shape_simple_fn(d, || rng.random::<f32>() * 2.0 - 1.0)
+    }
+
+    #[test]
+    fn pool_hands_back_exact_lengths_and_reuses_storage() {
+        give_buf(vec![7.0; 100]);
+        let v = take_buf(60);
+        assert_eq!(v.len(), 60);
+        assert!(v.capacity() >= 100, "the recycled buffer was reused");
+        give_buf(v);
+        let w = take_buf(80);
+        assert_eq!(w.len(), 80);
+        assert!(take_buf(0).is_empty());
+        for _ in 0..2 * POOL_MAX {
+            give_buf(vec![1.0; 3]);
+        }
+        POOL.with(|p| assert!(p.borrow().len() <= POOL_MAX));
+    }
+
+    /// col2im's output comes from the pool: stale contents (NaN here) must not leak into it.
+    #[test]
+    fn col2im_ignores_recycled_contents() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (k, stride, pad) in [(3, 1, 1), (3, 2, 1)] {
+            let dims = (2, 5, 4, 3);
+            let (ho, wo) = (out_size(5, k, stride, pad), out_size(4, k, stride, pad));
+            let m = 2 * ho * wo;
+            let kk = k * k * 3;
+            let dcols = Array2::from_shape_simple_fn((m, kk), || rng.random::<f32>() - 0.5);
+            for _ in 0..POOL_MAX {
+                give_buf(vec![f32::NAN; 2 * 5 * 4 * 3]);
+            }
+            let got = col2im(&dcols, dims, k, stride, pad);
+            // Reference: the adjoint written out entry by entry.
+            let mut want = Array4::<f32>::zeros(dims);
+            for b in 0..2 {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let r = (b * ho + oy) * wo + ox;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * stride + ky) as isize - pad as isize;
+                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                if !(0..5).contains(&iy) || !(0..4).contains(&ix) {
+                                    continue;
+                                }
+                                for c in 0..3 {
+                                    want[[b, iy as usize, ix as usize, c]] +=
+                                        dcols[[r, (ky * k + kx) * 3 + c]];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            assert_eq!(got, want, "k {k} stride {stride}");
+        }
+    }
+
+    /// BN with the clamp fused into its output pass equals BN then the clamp layer, forward and
+    /// backward, whether the clamp keeps a mask or the output it is handed.
+    #[test]
+    fn fused_bn_clamp_equals_separate_layers() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let ctx = Ctx {
+            train: true,
+            fwd_mode: Mode::Int16,
+        };
+        for cap in [f32::INFINITY, 6.0] {
+            let mut x = rand4(&mut rng, (3, 4, 5, 6)) * 5.0;
+            x[[0, 0, 0, 0]] = f32::NAN;
+            let dy = rand4(&mut rng, (3, 4, 5, 6));
+            let (mut bn_a, mut bn_b) = (BatchNorm::new("a", 6), BatchNorm::new("b", 6));
+            let (mut act_a, mut act_b) = (Clamp::relu(), Clamp::relu());
+            act_a.cap = cap;
+            act_b.cap = cap;
+            let ya = act_a.forward(bn_a.forward(x.clone(), ctx), ctx);
+            let yb = bn_b.forward_act(x.clone(), ctx, |v| v.clamp(0.0, cap));
+            assert_eq!(
+                ya.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                yb.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            act_b.keep_output(yb, ctx);
+            let da = bn_a.backward(act_a.backward(dy.clone()));
+            let db = bn_b.backward(act_b.backward(dy.clone()));
+            assert_eq!(
+                da.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                db.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(bn_a.gamma.grad.as_slice().unwrap()),
+                bits(bn_b.gamma.grad.as_slice().unwrap())
+            );
+            assert_eq!(bits(&bn_a.running_var), bits(&bn_b.running_var));
+            // The mask blocks exactly where the clamp saturates.
+            let n_blocked = ya.iter().filter(|&&v| !passes(v, cap)).count();
+            assert!(n_blocked > 0 && n_blocked < ya.len());
+        }
+    }
 }
