@@ -170,7 +170,7 @@ fn resume_of_a_folder_that_is_not_a_run_fails() {
         "model = \"resnet8\"\nsubset = 32\ntest_subset = 32\nbatch = 32\nmethod = \"fp32\"\n",
     )
     .unwrap();
-    std::fs::write(tmp.path().join("checkpoint.bin"), b"E2THOST2garbage").unwrap();
+    std::fs::write(tmp.path().join("checkpoint.bin"), b"E2THOST3garbage").unwrap();
     let err = run_err(&[
         "train",
         "--quiet",

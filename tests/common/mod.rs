@@ -146,7 +146,7 @@ pub fn engine_state(dir: &Path) -> Vec<u8> {
     let p = dir.join("checkpoint.bin");
     let d = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     assert!(
-        d.starts_with(b"E2THOST2"),
+        d.starts_with(b"E2THOST3"),
         "{}: not a host checkpoint",
         p.display()
     );
