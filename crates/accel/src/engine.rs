@@ -504,33 +504,14 @@ impl<A: Accelerator> AccelGemm<A> {
     ) {
         let g = cached.geom;
         let r = if cached.is_int16() {
-            conv_matrix(
-                "backward_weight",
-                cached.codes.len(),
-                &g,
-                dy.dim(),
-                dw.dim(),
+            self.backward_weight_from_input_codes(
+                layer,
+                &cached.codes,
+                cached.exp,
+                g,
+                dy,
+                dw.view_mut(),
             )
-            .and_then(|(m, k)| {
-                check_shapes(
-                    "backward_weight",
-                    (m, k),
-                    dy.dim(),
-                    dw.dim(),
-                    (m, dy.nrows()),
-                    (k, dy.ncols()),
-                )?;
-                let ex = cached.exp;
-                self.with_patches(&cached.codes, &g, |me, codes| {
-                    me.backward_weight_codes(
-                        layer,
-                        CodeMatrix::row_major(codes, m, k)?,
-                        ex,
-                        dy,
-                        dw.view_mut(),
-                    )
-                })
-            })
         } else {
             Err(AccelError::LayerShapes {
                 op: "backward_weight (8-bit codes without the fp32 input)",
@@ -592,15 +573,8 @@ impl<A: Accelerator> AccelGemm<A> {
         dy: ArrayView2<'_, f32>,
         dw: ArrayViewMut2<'_, f32>,
     ) -> Result<(), AccelError> {
-        let (m, k) = conv_matrix("backward_weight", x.len(), &g, dy.dim(), dw.dim())?;
-        check_shapes(
-            "backward_weight",
-            (m, k),
-            dy.dim(),
-            dw.dim(),
-            (m, dy.nrows()),
-            (k, dy.ncols()),
-        )?;
+        // Shapes first: a mismatch must not cost a quantization of the input.
+        conv_backward_weight_shapes(x.len(), &g, dy, &dw)?;
         let cached = cached.filter(|c| c.geom == g && c.codes.len() == x.len());
         let (xq, ex) = match cached {
             Some(c) if !c.eight => (c.codes, c.exp),
@@ -612,7 +586,21 @@ impl<A: Accelerator> AccelGemm<A> {
                 (xq, ex)
             }
         };
-        self.with_patches(&xq, &g, |me, codes| {
+        self.backward_weight_from_input_codes(layer, &xq, ex, g, dy, dw)
+    }
+
+    /// Weight gradient from the INT16 per-tensor codes `xq` (exponent `ex`) of the conv input.
+    fn backward_weight_from_input_codes(
+        &mut self,
+        layer: &str,
+        xq: &[i16],
+        ex: i32,
+        g: Im2colGeom,
+        dy: ArrayView2<'_, f32>,
+        dw: ArrayViewMut2<'_, f32>,
+    ) -> Result<(), AccelError> {
+        let (m, k) = conv_backward_weight_shapes(xq.len(), &g, dy, &dw)?;
+        self.with_patches(xq, &g, |me, codes| {
             me.backward_weight_codes(layer, CodeMatrix::row_major(codes, m, k)?, ex, dy, dw)
         })
     }
@@ -1049,6 +1037,26 @@ fn quantize_weight_columns(
         col_stride: 1,
         len: ws.len(),
     })
+}
+
+/// Patch-matrix shape `(m, k)` of a conv weight gradient over an input of `len` values, checked
+/// against `dy` and `dw`.
+fn conv_backward_weight_shapes(
+    len: usize,
+    g: &Im2colGeom,
+    dy: ArrayView2<'_, f32>,
+    dw: &ArrayViewMut2<'_, f32>,
+) -> Result<(usize, usize), AccelError> {
+    let (m, k) = conv_matrix("backward_weight", len, g, dy.dim(), dw.dim())?;
+    check_shapes(
+        "backward_weight",
+        (m, k),
+        dy.dim(),
+        dw.dim(),
+        (m, dy.nrows()),
+        (k, dy.ncols()),
+    )?;
+    Ok((m, k))
 }
 
 /// The im2col matrix shape of a convolution call, after checking the input length and geometry.
