@@ -132,6 +132,13 @@ pub struct MethodConfig {
     /// model whose only gateable blocks change shape (ResNet-8) gates them either way.
     #[serde(default)]
     pub slu_gate_downsample: bool,
+    /// Gate-noise schedule. Zero: the reference's decisions throughout, m = 1[p > u] with
+    /// u ~ U(0, 1). Positive: the run's peak learning rate, and u ~ U(0.5 - w, 0.5 + w) with
+    /// w = 0.5·min(1, lr/this), so training decisions narrow to the evaluation rule p > 0.5 as the
+    /// learning rate decays (with the reference's noise to the end, training routes samples
+    /// unlike evaluation does).
+    #[serde(default)]
+    pub slu_noise_peak_lr: f32,
     /// Predictive sign gradient descent.
     pub psg: bool,
     pub psg_threshold: PsgThreshold,
@@ -157,6 +164,7 @@ impl MethodConfig {
             // executed fraction toward the target within tens of steps.
             slu_beta: 1.0,
             slu_gate_downsample: false,
+            slu_noise_peak_lr: 0.0,
             psg: false,
             // c = 0.05 left 38-50% of entries uncertain (almost every tile recomputed); 0.001 gave
             // about 5% and better accuracy in short Fashion-MNIST runs (docs/results.md).
@@ -177,6 +185,15 @@ impl MethodConfig {
             slu: true,
             psg: true,
             ..Self::baseline()
+        }
+    }
+    /// Half-width w of the SLU gate's threshold noise at learning rate `lr` (see
+    /// [`MethodConfig::slu_noise_peak_lr`]): 0.5 is the reference's U(0, 1), 0 the evaluation rule.
+    pub fn slu_noise_half_width(&self, lr: f32) -> f32 {
+        if self.slu_noise_peak_lr > 0.0 {
+            0.5 * (lr / self.slu_noise_peak_lr).clamp(0.0, 1.0)
+        } else {
+            0.5
         }
     }
     /// Short name used in run folders, CSVs and reports, e.g. `smd+slu+psg` (`psg0`: PSG with
@@ -225,6 +242,23 @@ pub struct EngineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slu_noise_narrows_with_the_learning_rate() {
+        let mut m = MethodConfig::e2train();
+        assert_eq!(
+            m.slu_noise_half_width(0.05),
+            0.5,
+            "off: the reference's U(0, 1)"
+        );
+        assert_eq!(m.slu_noise_half_width(0.0), 0.5);
+        m.slu_noise_peak_lr = 0.1;
+        assert_eq!(m.slu_noise_half_width(0.1), 0.5);
+        assert_eq!(m.slu_noise_half_width(0.025), 0.125);
+        assert_eq!(m.slu_noise_half_width(0.0), 0.0);
+        // Warm-up overshoot or a larger rate than announced never widens it past U(0, 1).
+        assert_eq!(m.slu_noise_half_width(0.3), 0.5);
+    }
 
     #[test]
     fn model_names_parse() {

@@ -90,6 +90,12 @@ pub fn validate_config(cfg: &EngineConfig) -> Result<(), EngineError> {
                 m.slu_beta
             ));
         }
+        if !(m.slu_noise_peak_lr.is_finite() && m.slu_noise_peak_lr >= 0.0) {
+            return bad(format!(
+                "slu gate-noise peak learning rate must be finite and >= 0 (0 = no annealing), got {}",
+                m.slu_noise_peak_lr
+            ));
+        }
     }
     if m.psg {
         if m.precision == Precision::Fp32 {
@@ -415,6 +421,7 @@ impl StepEngine for E2TrainEngine {
             (true, true) => GateMode::Stochastic,
             (true, false) => GateMode::Deterministic,
         };
+        self.net.gate_noise = self.cfg.method.slu_noise_half_width(batch.lr);
         let logits = self
             .net
             .forward(self.backend.as_mut(), &x, ctx, true, mode, &mut self.rng);
@@ -731,10 +738,10 @@ struct Checkpoint {
 }
 
 /// Bumped whenever the payload's layout changes (bincode has no optional fields): 2 added
-/// `MethodConfig::psg_fallback`.
-const MAGIC: [u8; 8] = *b"E2TRAIN2";
+/// `MethodConfig::psg_fallback`; 3 `slu_gate_downsample` and `slu_noise_peak_lr`.
+const MAGIC: [u8; 8] = *b"E2TRAIN3";
 /// Headers of older layouts, named in the error instead of a decode failure.
-const OLD_MAGICS: [&[u8; 8]; 1] = [b"E2TRAIN1"];
+const OLD_MAGICS: [&[u8; 8]; 2] = [b"E2TRAIN1", b"E2TRAIN2"];
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 fn bincode_opts() -> impl Options {

@@ -35,7 +35,8 @@ use rand_chacha::ChaCha8Rng;
 pub enum GateMode {
     /// No gating: every block runs (models without SLU).
     Off,
-    /// Training: m = 1[p > u], u ~ U(0,1); straight-through gradient.
+    /// Training: m = 1[p > u], u ~ U(0.5 - w, 0.5 + w) with w = [`Network::gate_noise`] (0.5: the
+    /// reference's U(0,1)); straight-through gradient.
     Stochastic,
     /// Evaluation: m = 1[p > 0.5].
     Deterministic,
@@ -81,6 +82,8 @@ pub struct Network {
     block_macs: Vec<u64>,
     runs: Vec<Run>,
     pub records: Vec<GateRecord>,
+    /// Half-width of the stochastic gate's threshold noise in [0, 0.5]; set per step by the engine.
+    pub gate_noise: f32,
     pre_pool_hw: (usize, usize),
 }
 
@@ -247,6 +250,7 @@ impl Network {
             block_macs,
             runs: Vec::new(),
             records: Vec::new(),
+            gate_noise: 0.5,
             pre_pool_hw: (0, 0),
         })
     }
@@ -357,7 +361,19 @@ impl Network {
             let gate = self.gate.as_mut().expect("gating implies a gate");
             let p = gate.step(gap(&y));
             let m: Array1<f32> = match mode {
-                GateMode::Stochastic => p.mapv(|p| if p > rng.random::<f32>() { 1.0 } else { 0.0 }),
+                GateMode::Stochastic => {
+                    let w = self.gate_noise;
+                    p.mapv(|p| {
+                        let u = rng.random::<f32>();
+                        // At full width use u itself: the reference's rule, bit for bit.
+                        let t = if w >= 0.5 {
+                            u
+                        } else {
+                            0.5 + w * (2.0 * u - 1.0)
+                        };
+                        if p > t { 1.0 } else { 0.0 }
+                    })
+                }
                 GateMode::Deterministic => p.mapv(|p| if p > 0.5 { 1.0 } else { 0.0 }),
                 GateMode::Soft | GateMode::Off => p.clone(),
             };

@@ -1148,3 +1148,72 @@ fn slu_gates_identity_blocks_and_downsampling_ones_only_when_asked_or_alone() {
         assert_eq!(names(8, g), ["stage2.block0", "stage3.block0"]);
     }
 }
+
+#[test]
+fn slu_gate_noise_narrows_to_the_evaluation_rule_as_the_learning_rate_decays() {
+    let method = MethodConfig {
+        precision: Precision::Fp32,
+        slu: true,
+        slu_gate_downsample: true,
+        slu_noise_peak_lr: 0.1,
+        ..MethodConfig::fp32()
+    };
+    let cfg = tiny_cfg(ModelKind::ResNet { depth: 14 }, 8, method.clone());
+    // Fresh gates give every sample p > 0.75 (output bias 2), so on the first step a threshold
+    // drawn from (0.25, 0.75) or narrower executes every sample, and U(0, 1) skips about 12% of them.
+    let first_step_skipped = |lr: f32| {
+        let mut eng =
+            E2TrainEngine::with_backend(cfg.clone(), Box::new(fp32_backend())).expect("engine");
+        let r = eng.step(&batch(1, 32, 8, lr)).expect("step");
+        assert_eq!(r.diag.slu_executed.len(), 5);
+        r.diag
+            .slu_executed
+            .iter()
+            .map(|(_, e, n)| n - e)
+            .sum::<u32>()
+    };
+    let full = first_step_skipped(0.1);
+    assert!(
+        full > 0,
+        "at the peak rate the reference's U(0, 1) noise skips some samples"
+    );
+    assert_eq!(
+        first_step_skipped(0.05),
+        0,
+        "half the peak rate: threshold in (0.25, 0.75)"
+    );
+    assert_eq!(
+        first_step_skipped(0.0),
+        0,
+        "at rate 0 training decides as evaluation does"
+    );
+    // Without annealing (peak 0) the noise stays U(0, 1) whatever the rate.
+    let cfg0 = tiny_cfg(
+        ModelKind::ResNet { depth: 14 },
+        8,
+        MethodConfig {
+            slu_noise_peak_lr: 0.0,
+            ..method.clone()
+        },
+    );
+    let mut eng = E2TrainEngine::with_backend(cfg0, Box::new(fp32_backend())).expect("engine");
+    let r = eng.step(&batch(1, 32, 8, 0.001)).expect("step");
+    let skipped: u32 = r.diag.slu_executed.iter().map(|(_, e, n)| n - e).sum();
+    assert!(skipped > 0, "no annealing: Bernoulli decisions at any rate");
+    // A negative or non-finite peak is refused.
+    for bad in [-0.1f32, f32::NAN] {
+        let c = tiny_cfg(
+            ModelKind::ResNet { depth: 14 },
+            8,
+            MethodConfig {
+                slu_noise_peak_lr: bad,
+                ..method.clone()
+            },
+        );
+        let msg = E2TrainEngine::with_backend(c, Box::new(fp32_backend()))
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(msg.contains("gate-noise peak learning rate"), "{msg}");
+    }
+}
