@@ -677,21 +677,36 @@ impl<A: Accelerator> AccelGemm<A> {
             let ys = y.as_slice_mut().expect("standard layout");
             let reuse_k = ReuseGeom::BOARD.k_max(mode) as usize;
             let split = rq.is_none() && self.cfg.split_long_k && k > reuse_k;
+            // The largest |code| of a requantized output, as the backend notes it (`None` once
+            // some command did not): it equals `max_code` of the output when every column's
+            // dequantization is exact (`exact_dequant`), else `max_code` decides.
+            let want_max = rq.is_some() && !self.history_frozen;
+            let mut noted = Some(0u32);
             // Row blocks are independent commands (as `run_raw` splits them) whose outputs are
             // contiguous rows of `y`.
             for r0 in (0..m).step_by(ms) {
                 let r1 = (r0 + ms).min(m);
                 let (a, out) = (a.sub(r0, r1, 0, k), &mut ys[r0 * n..r1 * n]);
                 if split {
+                    noted = None;
                     self.accel
                         .gemm_scaled_split_k(a, b, mode, reuse_k, scales, out)?;
+                } else if let (true, Some((_, _, shift))) = (want_max, rq) {
+                    let got = self
+                        .accel
+                        .gemm_scaled_code_max(a, b, mode, shift, scales, out)?;
+                    noted = noted.zip(got).map(|(x, y)| x.max(y));
                 } else {
+                    noted = None;
                     let shift = rq.map(|(_, _, s)| s);
                     self.accel.gemm_scaled(a, b, mode, shift, scales, out)?;
                 }
             }
             if let Some((li, slot, shift)) = rq.filter(|_| !self.history_frozen) {
-                let code = max_code(ys, scales, shift);
+                let code = match noted {
+                    Some(c) if exact_dequant(scales, shift) => c,
+                    _ => max_code(ys, scales, shift),
+                };
                 let bits = &mut self.layers[li].state.out_bits[slot];
                 *bits = next_out_bits(*bits, code, shift);
             }
@@ -1186,36 +1201,110 @@ fn max_code(y: &[f32], scales: &[f64], shift: u32) -> u32 {
     // multiply by a fixed factor rounds monotonically, so the largest |y| of a column gives its
     // largest product, and max ignores NaN in any order (`a > m` is false for NaN, as f64::max
     // keeps the other value). So the per-entry f64 work becomes an f32 max per column.
-    let colmax = y
-        .par_chunks(n * 1024)
-        .map(|c| {
-            let mut m = vec![0f32; n];
-            for row in c.chunks_exact(n) {
-                for (m, &v) in m.iter_mut().zip(row) {
-                    let a = v.abs();
-                    if a > *m {
-                        *m = a;
-                    }
+    let colmax = y.par_chunks(n * 1024).map(|c| col_max_abs(c, n)).reduce(
+        || vec![0f32; n],
+        |mut a, b| {
+            for (a, b) in a.iter_mut().zip(b) {
+                if b > *a {
+                    *a = b;
                 }
             }
-            m
-        })
-        .reduce(
-            || vec![0f32; n],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(b) {
-                    if b > *a {
-                        *a = b;
-                    }
-                }
-                a
-            },
-        );
+            a
+        },
+    );
     colmax
         .iter()
         .zip(&inv)
         .fold(0f64, |m, (&c, &i)| m.max(f64::from(c) * i.abs()))
         .round() as u32
+}
+
+/// True when every code `|c| <= 32768` of a column dequantized as `(c · 2^shift · scales[j]) as
+/// f32` is exact (a power-of-two factor whose products stay normal and finite in f32): then
+/// [`max_code`] of the output is exactly the largest |code|.
+fn exact_dequant(scales: &[f64], shift: u32) -> bool {
+    let up = crate::pow2_f64(shift);
+    scales.iter().all(|&s| {
+        let f = s * up;
+        f.is_finite()
+            && f.to_bits() & ((1u64 << 52) - 1) == 0
+            && f >= f64::from(f32::MIN_POSITIVE)
+            && f * 32768.0 <= f64::from(f32::MAX)
+    })
+}
+
+/// max |v| per column of the row-major `c` (`n` columns; trailing partial rows ignored). NaN never
+/// wins: `if a > m { a } else { m }` keeps `m`, which is exactly `maxps(a, m)`.
+fn col_max_abs(c: &[f32], n: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked above).
+        return unsafe { col_max_abs_avx2(c, n) };
+    }
+    col_max_abs_body(c, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn col_max_abs_avx2(c: &[f32], n: usize) -> Vec<f32> {
+    use std::arch::x86_64::*;
+    if matches!(n, 8 | 16 | 32 | 64) {
+        return col_max_abs_body(c, n);
+    }
+    // Other widths (the 9·C columns of a backward-data output): explicit `maxps(a, m)` per 8
+    // columns (the compiler turns the select into masked stores here), the tail as in the body.
+    let n8 = n / 8 * 8;
+    let mut m = vec![0f32; n];
+    let sign = _mm256_set1_ps(-0.0);
+    for row in c.chunks_exact(n) {
+        for (mc, rc) in m[..n8].chunks_exact_mut(8).zip(row[..n8].chunks_exact(8)) {
+            // SAFETY: both chunks hold exactly 8 floats (unaligned loads and store).
+            unsafe {
+                let a = _mm256_andnot_ps(sign, _mm256_loadu_ps(rc.as_ptr()));
+                let v = _mm256_max_ps(a, _mm256_loadu_ps(mc.as_ptr()));
+                _mm256_storeu_ps(mc.as_mut_ptr(), v);
+            }
+        }
+        for (m, &v) in m[n8..].iter_mut().zip(&row[n8..]) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    m
+}
+
+/// Common widths get register-resident accumulators: with `n` unknown the vectorized inner loop
+/// (unrolled past 16 lanes) would never run for the usual 16 to 64 channels.
+#[inline(always)]
+fn col_max_abs_body(c: &[f32], n: usize) -> Vec<f32> {
+    match n {
+        8 => col_max_abs_fixed::<8>(c).to_vec(),
+        16 => col_max_abs_fixed::<16>(c).to_vec(),
+        32 => col_max_abs_fixed::<32>(c).to_vec(),
+        64 => col_max_abs_fixed::<64>(c).to_vec(),
+        _ => {
+            let mut m = vec![0f32; n];
+            for row in c.chunks_exact(n) {
+                for (m, &v) in m.iter_mut().zip(row) {
+                    let a = v.abs();
+                    *m = if a > *m { a } else { *m };
+                }
+            }
+            m
+        }
+    }
+}
+
+#[inline(always)]
+fn col_max_abs_fixed<const N: usize>(c: &[f32]) -> [f32; N] {
+    let mut m = [0f32; N];
+    for row in c.chunks_exact(N) {
+        for (m, &v) in m.iter_mut().zip(row) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    m
 }
 
 /// `y[i,j] = acc[i*n + j] * scale[j]` (row-major `acc`), in parallel.
@@ -1941,7 +2030,7 @@ mod tests {
     #[test]
     fn max_code_equals_the_entrywise_maximum() {
         let mut rng = ChaCha8Rng::seed_from_u64(23);
-        for n in [1, 3, 16, 37] {
+        for n in [1, 3, 8, 16, 32, 37, 64, 144] {
             for rows in [0, 1, 5, 3000] {
                 let mut y: Vec<f32> = (0..rows * n + 2)
                     .map(|_| (rng.random::<f32>() - 0.5) * 2e3)
@@ -1968,6 +2057,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The noted largest code stands in for `max_code` only where every column dequantizes
+    /// exactly in f32.
+    #[test]
+    fn exact_dequant_needs_normal_power_of_two_factors() {
+        assert!(exact_dequant(&[pow2(-20), pow2(3)], 5));
+        assert!(exact_dequant(&[], 0));
+        assert!(exact_dequant(&[pow2(-126)], 0));
+        assert!(!exact_dequant(&[pow2(-127)], 0));
+        assert!(exact_dequant(&[pow2(100)], 12));
+        assert!(!exact_dequant(&[pow2(100)], 13));
+        assert!(!exact_dequant(&[pow2(-4), 3.0], 1));
+        assert!(!exact_dequant(&[f64::INFINITY], 0));
+        assert!(!exact_dequant(&[0.0], 0));
     }
 
     #[test]

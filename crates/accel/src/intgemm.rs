@@ -35,6 +35,7 @@ use e2t_numerics::{high_byte_nearest, wrap48};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Columns of a B panel (two 8-lane registers).
 pub(crate) const NR: usize = 16;
@@ -279,13 +280,46 @@ pub(crate) fn gemm<L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
     // cached by std).
     assert!(available(), "intgemm::gemm needs AVX2");
     match op {
-        Operand::Full => run::<Full, L>(a, b, op, out),
-        Operand::HighFloor => run::<Floor, L>(a, b, op, out),
-        Operand::HighNearest => run::<Nearest, L>(a, b, op, out),
+        Operand::Full => run::<Full, L>(a, b, op, out, None),
+        Operand::HighFloor => run::<Floor, L>(a, b, op, out, None),
+        Operand::HighNearest => run::<Nearest, L>(a, b, op, out, None),
     }
 }
 
-fn run<C: Conv, L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
+/// [`gemm`] into `Out::Scaled { out, scale, requant: Some(shift) }` that also returns the largest
+/// |code| of the requantized 16-bit output (up to 32768), found as the codes are formed rather
+/// than by another pass over `out`. Requires AVX2 ([`available`]).
+pub(crate) fn gemm_requant_max<L: Lhs>(
+    a: L,
+    b: CodeMatrix<'_>,
+    op: Operand,
+    out: &mut [f32],
+    scale: &[f64],
+    shift: u32,
+) -> u32 {
+    assert!(available(), "intgemm::gemm_requant_max needs AVX2");
+    let max = AtomicU32::new(0);
+    let out = Out::Scaled {
+        out,
+        scale,
+        requant: Some(shift),
+    };
+    match op {
+        Operand::Full => run::<Full, L>(a, b, op, out, Some(&max)),
+        Operand::HighFloor => run::<Floor, L>(a, b, op, out, Some(&max)),
+        Operand::HighNearest => run::<Nearest, L>(a, b, op, out, Some(&max)),
+    }
+    max.into_inner()
+}
+
+/// `code_max` (with a requantized `out`): raised to the largest |code| of the output.
+fn run<C: Conv, L: Lhs>(
+    a: L,
+    b: CodeMatrix<'_>,
+    op: Operand,
+    out: Out<'_>,
+    code_max: Option<&AtomicU32>,
+) {
     let (m, k, n) = (a.rows(), b.rows(), b.cols());
     debug_assert_eq!(a.cols(), k);
     if m == 0 || n == 0 {
@@ -334,17 +368,22 @@ fn run<C: Conv, L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
                             scale,
                             requant,
                             wrap: !no_wrap,
+                            code_max,
                         };
                         block::<C, L>(&a, &pb, r0, r1, 0, k, sink);
                     });
             } else {
                 // Entries are sums over K tasks: form the raw accumulators first.
                 let mut raw = vec![0i64; m * n];
-                run::<C, L>(a, b, op, Out::Raw(&mut raw));
+                run::<C, L>(a, b, op, Out::Raw(&mut raw), None);
+                let mut mx = 0u32;
                 for (orow, rrow) in out.chunks_exact_mut(n).zip(raw.chunks_exact(n)) {
                     for ((o, &r), &s) in orow.iter_mut().zip(rrow).zip(scale) {
-                        *o = dequant(r, requant, s);
+                        *o = dequant_noting(r, requant, s, &mut mx);
                     }
+                }
+                if let Some(cm) = code_max {
+                    cm.fetch_max(mx, Ordering::Relaxed);
                 }
             }
         }
@@ -355,13 +394,28 @@ fn run<C: Conv, L: Lhs>(a: L, b: CodeMatrix<'_>, op: Operand, out: Out<'_>) {
 enum Sink<'d> {
     /// Accumulators, assigned (not added).
     Raw(&'d mut [i64]),
-    /// Scaled as [`dequant`] does, after the 48-bit wrap when `wrap`.
+    /// Scaled as [`dequant`] does, after the 48-bit wrap when `wrap`; `code_max` raised to the
+    /// largest |requantized code| of the block.
     Scaled {
         out: &'d mut [f32],
         scale: &'d [f64],
         requant: Option<u32>,
         wrap: bool,
+        code_max: Option<&'d AtomicU32>,
     },
+}
+
+/// [`dequant`], raising `mx` to the |code| of a requantized entry.
+#[inline(always)]
+fn dequant_noting(acc: i64, requant: Option<u32>, scale: f64, mx: &mut u32) -> f32 {
+    match requant {
+        None => dequant(acc, None, scale),
+        Some(s) => {
+            let c = e2t_numerics::requantize_unchecked(acc, s);
+            *mx = (*mx).max(u32::from(c.unsigned_abs()));
+            (f64::from(c) * scale) as f32
+        }
+    }
 }
 
 thread_local! {
@@ -424,6 +478,8 @@ enum Epi {
         cols: usize,
         scale: *const f64,
         requant: Option<u32>,
+        /// Raised to the largest |requantized code| (null: not tracked).
+        max: *mut f64,
     },
 }
 
@@ -446,18 +502,26 @@ fn block_avx2<C: Conv, L: Lhs>(
     let fused = fused_scaled::<C>(&sink, kpairs);
     // Column scales padded to the panels (the fused kernels read whole panels of them).
     let mut scale_pad = Vec::new();
-    let (fout, frequant): (*mut f32, Option<u32>) = match &mut sink {
+    // The fused kernels' largest |code| so far (only with a requantized, tracked output).
+    let mut fmax = 0f64;
+    let (fout, frequant, fmax_ptr): (*mut f32, Option<u32>, *mut f64) = match &mut sink {
         Sink::Scaled {
             out,
             scale,
             requant,
+            code_max,
             ..
         } if fused => {
             scale_pad.extend_from_slice(&scale[..pb.n]);
             scale_pad.resize(npad, 0.0);
-            (out.as_mut_ptr(), *requant)
+            let mp = if code_max.is_some() && requant.is_some() {
+                &raw mut fmax
+            } else {
+                std::ptr::null_mut()
+            };
+            (out.as_mut_ptr(), *requant, mp)
         }
-        _ => (std::ptr::null_mut(), None),
+        _ => (std::ptr::null_mut(), None, std::ptr::null_mut()),
     };
     let (c, ldc): (&mut [i64], usize) = match (&mut sink, direct) {
         _ if fused => (&mut [], npad),
@@ -504,6 +568,7 @@ fn block_avx2<C: Conv, L: Lhs>(
                     cols: (n - q * NR).min(NR),
                     scale: scale_pad.as_ptr().add(q * NR),
                     requant: frequant,
+                    max: fmax_ptr,
                 }
             } else {
                 Epi::Acc {
@@ -552,6 +617,15 @@ fn block_avx2<C: Conv, L: Lhs>(
         }
     }
     if fused {
+        if let Sink::Scaled {
+            code_max: Some(cm),
+            requant: Some(_),
+            ..
+        } = sink
+        {
+            // An integer in 0..=32768 (clamped codes).
+            cm.fetch_max(fmax as u32, Ordering::Relaxed);
+        }
         return;
     }
     let n = pb.n;
@@ -567,12 +641,17 @@ fn block_avx2<C: Conv, L: Lhs>(
             scale,
             requant,
             wrap,
+            code_max,
         } => {
+            let mut mx = 0u32;
             for (drow, trow) in out.chunks_exact_mut(n).zip(tmp.chunks_exact(npad)) {
                 for ((d, &t), &s) in drow.iter_mut().zip(trow).zip(scale) {
                     let v = if wrap { wrap48(t) } else { t };
-                    *d = dequant(v, requant, s);
+                    *d = dequant_noting(v, requant, s, &mut mx);
                 }
+            }
+            if let Some(cm) = code_max {
+                cm.fetch_max(mx, Ordering::Relaxed);
             }
         }
     }
@@ -671,9 +750,10 @@ unsafe fn kernel<C: Conv, const MR: usize>(
             cols,
             scale,
             requant,
+            max,
         } => {
             // SAFETY: forwarded contract.
-            unsafe { store_scaled::<C, MR>(&hi, &lo, out, ldo, cols, scale, requant) };
+            unsafe { store_scaled::<C, MR>(&hi, &lo, out, ldo, cols, scale, requant, max) };
             return;
         }
     };
@@ -710,11 +790,15 @@ unsafe fn kernel<C: Conv, const MR: usize>(
 /// `(acc + 2^(s-1)) >> s` is `floor(acc · 2^-s + 0.5)` (both terms and their sum are exact: at
 /// most 40 significant bits), then saturation to i16.
 ///
+/// With `requant` and a non-null `max`, `*max` is raised to the largest |code| of the tile (the
+/// zero-padded columns past `cols` hold code 0 and cannot raise it).
+///
 /// # Safety
 /// AVX2 present; `out` writable for `cols <= 16` entries at `r * ldo` for `r < MR`; 16 scales
-/// readable at `scale`.
+/// readable at `scale`; `max` null or valid for reads and writes.
 #[target_feature(enable = "avx2")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn store_scaled<C: Conv, const MR: usize>(
     hi: &[[__m256i; 2]; MR],
     lo: &[[__m256i; 2]; MR],
@@ -723,7 +807,11 @@ unsafe fn store_scaled<C: Conv, const MR: usize>(
     cols: usize,
     scale: *const f64,
     requant: Option<u32>,
+    max: *mut f64,
 ) {
+    let track = requant.is_some() && !max.is_null();
+    let sign = _mm256_set1_pd(-0.0);
+    let mut vmax = _mm256_setzero_pd();
     // Shift 0 keeps the sum as it is (then saturates): a shift of 0 needs no rounding step.
     let shift = requant.filter(|&s| s > 0);
     // 2^-s from its exponent bits (s <= 47): exact, and no `powi` call per kernel.
@@ -753,6 +841,9 @@ unsafe fn store_scaled<C: Conv, const MR: usize>(
                         v = _mm256_floor_pd(_mm256_add_pd(_mm256_mul_pd(v, inv), half));
                     }
                     v = _mm256_min_pd(_mm256_max_pd(v, lo16), hi16);
+                    if track {
+                        vmax = _mm256_max_pd(vmax, _mm256_andnot_pd(sign, v));
+                    }
                 }
                 let j = 8 * h + 4 * half_i;
                 // SAFETY: 16 scales readable; `row` has 16 entries; a full panel has 16
@@ -771,6 +862,14 @@ unsafe fn store_scaled<C: Conv, const MR: usize>(
         if cols < NR {
             // SAFETY: `cols` entries writable at `out + r * ldo`.
             unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(r * ldo), cols) };
+        }
+    }
+    if track {
+        let mut lanes = [0f64; 4];
+        // SAFETY: 4 writable f64; `max` valid (checked non-null above, contract).
+        unsafe {
+            _mm256_storeu_pd(lanes.as_mut_ptr(), vmax);
+            *max = lanes.iter().fold(*max, |m, &v| m.max(v));
         }
     }
 }
@@ -870,6 +969,64 @@ mod tests {
             for extreme in [false, true] {
                 seed += 1;
                 check(m, k, n, seed, extreme);
+            }
+        }
+    }
+
+    /// `gemm_requant_max` writes what the scaled GEMM writes and returns the largest |code| of
+    /// the requantized output, on the fused kernels (short K), the i64 epilogue (long K, and with
+    /// the 48-bit wrap) and the K-split path (few rows, long K).
+    #[test]
+    fn requant_max_is_the_largest_output_code() {
+        let mut seed = 300;
+        for &(m, k, n, extreme) in &[
+            (37, 40, 20, false),
+            (30, 100, 16, true),
+            (50, 700, 19, false),
+            (25, 600, 17, true),
+            (6, 5000, 16, true),
+        ] {
+            for op in OPS {
+                seed += 1;
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let a = codes(&mut rng, m * k, extreme);
+                let b = codes(&mut rng, k * n, extreme);
+                let (am, bm) = (
+                    CodeMatrix::row_major(&a, m, k).unwrap(),
+                    CodeMatrix::row_major(&b, k, n).unwrap(),
+                );
+                let want_raw: Vec<i64> = golden(&a, &b, m, k, n, op)
+                    .into_iter()
+                    .map(e2t_numerics::wrap48)
+                    .collect();
+                let scale: Vec<f64> = (0..n).map(|j| 2f64.powi(j as i32 % 5 - 20)).collect();
+                for shift in [0u32, 9, 20, 33] {
+                    let want_max = want_raw
+                        .iter()
+                        .map(|&v| e2t_numerics::requantize_unchecked(v, shift).unsigned_abs())
+                        .max()
+                        .map_or(0, u32::from);
+                    let mut want_out = vec![0f32; m * n];
+                    gemm(
+                        am,
+                        bm,
+                        op,
+                        Out::Scaled {
+                            out: &mut want_out,
+                            scale: &scale,
+                            requant: Some(shift),
+                        },
+                    );
+                    let mut out = vec![f32::NAN; m * n];
+                    let got = gemm_requant_max(am, bm, op, &mut out, &scale, shift);
+                    let ctx = format!("{m}x{k}x{n} {op:?} shift {shift}");
+                    assert_eq!(got, want_max, "{ctx}");
+                    assert_eq!(
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want_out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{ctx}"
+                    );
+                }
             }
         }
     }

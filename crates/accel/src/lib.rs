@@ -75,6 +75,11 @@ pub(crate) fn check_split(n: usize, k_piece: usize, col_scale: &[f64]) -> Result
     if k_piece == 0 {
         return Err(AccelError::Dims { m: 0, k: 0, n: 0 });
     }
+    check_col_scale(n, col_scale)
+}
+
+/// One scale per output column, or a host-side error before any command.
+pub(crate) fn check_col_scale(n: usize, col_scale: &[f64]) -> Result<(), AccelError> {
     if col_scale.len() != n {
         return Err(AccelError::Output {
             got: col_scale.len(),
@@ -255,12 +260,7 @@ pub trait Accelerator: Send {
         col_scale: &[f64],
         out: &mut [f32],
     ) -> Result<(), AccelError> {
-        if col_scale.len() != b.cols() {
-            return Err(AccelError::Output {
-                got: col_scale.len(),
-                expected: b.cols(),
-            });
-        }
+        check_col_scale(b.cols(), col_scale)?;
         let n = col_scale.len();
         match requant {
             None => {
@@ -284,6 +284,23 @@ pub trait Accelerator: Send {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::gemm_scaled`] of a requantized command (`requant = Some(shift)`) that also returns
+    /// the largest |code| of its 16-bit output when the backend notes it as the codes arrive
+    /// (`None`: it does not, and the caller scans `out` if it needs it). Same results, counters
+    /// and errors as `gemm_scaled`.
+    fn gemm_scaled_code_max(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        shift: u32,
+        col_scale: &[f64],
+        out: &mut [f32],
+    ) -> Result<Option<u32>, AccelError> {
+        self.gemm_scaled(a, b, mode, Some(shift), col_scale, out)
+            .map(|()| None)
     }
 
     /// A long-K GEMM sent as raw commands over K pieces of at most `k_piece` terms (so that each

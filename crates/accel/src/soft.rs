@@ -193,6 +193,66 @@ impl SoftAccel {
         })
     }
 
+    /// `gemm_scaled`, noting the largest |code| of a requantized output when `want_max` and the
+    /// integer path runs (`Some`), else `None`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_scaled_impl(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        requant: Option<u32>,
+        col_scale: &[f64],
+        out: &mut [f32],
+        want_max: bool,
+    ) -> Result<Option<u32>, AccelError> {
+        crate::check_col_scale(b.cols(), col_scale)?;
+        let (m, k, n) = match check_command(&a, &b, out.len()) {
+            Ok(d) => d,
+            Err(e) => return self.reject(e),
+        };
+        if let Some(s) = requant.filter(|&s| s > MAX_SHIFT) {
+            return self.reject(AccelError::Shift(s));
+        }
+        let op = Operand::of(mode);
+        // Requantized codes are worth 2^shift accumulator units: fold that into the scales.
+        let scaled: Vec<f64>;
+        let scale = match requant {
+            Some(s) => {
+                let up = crate::pow2_f64(s);
+                scaled = col_scale.iter().map(|&c| c * up).collect();
+                &scaled[..]
+            }
+            None => col_scale,
+        };
+        let mut code_max = None;
+        match requant {
+            #[cfg(target_arch = "x86_64")]
+            Some(shift) if want_max && crate::intgemm::available() => {
+                code_max = Some(crate::intgemm::gemm_requant_max(
+                    a, b, op, out, scale, shift,
+                ));
+            }
+            _ => gemm_exact_to(
+                a,
+                b,
+                op,
+                Out::Scaled {
+                    out,
+                    scale,
+                    requant,
+                },
+            ),
+        }
+        // The scaling is host work; the command is a raw or requantized GEMM.
+        let fmt = if requant.is_some() {
+            OutFmt::Requant
+        } else {
+            OutFmt::Raw48
+        };
+        self.book(m, k, n, mode, fmt).map(|()| code_max)
+    }
+
     /// Books one `OP_GEMM` command's counters (the cycle model's figures).
     fn book(
         &mut self,
@@ -272,47 +332,20 @@ impl Accelerator for SoftAccel {
         col_scale: &[f64],
         out: &mut [f32],
     ) -> Result<(), AccelError> {
-        if col_scale.len() != b.cols() {
-            return Err(AccelError::Output {
-                got: col_scale.len(),
-                expected: b.cols(),
-            });
-        }
-        let (m, k, n) = match check_command(&a, &b, out.len()) {
-            Ok(d) => d,
-            Err(e) => return self.reject(e),
-        };
-        if let Some(s) = requant.filter(|&s| s > MAX_SHIFT) {
-            return self.reject(AccelError::Shift(s));
-        }
-        let op = Operand::of(mode);
-        // Requantized codes are worth 2^shift accumulator units: fold that into the scales.
-        let scaled: Vec<f64>;
-        let scale = match requant {
-            Some(s) => {
-                let up = crate::pow2_f64(s);
-                scaled = col_scale.iter().map(|&c| c * up).collect();
-                &scaled[..]
-            }
-            None => col_scale,
-        };
-        gemm_exact_to(
-            a,
-            b,
-            op,
-            Out::Scaled {
-                out,
-                scale,
-                requant,
-            },
-        );
-        // The scaling is host work; the command is a raw or requantized GEMM.
-        let fmt = if requant.is_some() {
-            OutFmt::Requant
-        } else {
-            OutFmt::Raw48
-        };
-        self.book(m, k, n, mode, fmt)
+        self.gemm_scaled_impl(a, b, mode, requant, col_scale, out, false)
+            .map(|_| ())
+    }
+
+    fn gemm_scaled_code_max(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        shift: u32,
+        col_scale: &[f64],
+        out: &mut [f32],
+    ) -> Result<Option<u32>, AccelError> {
+        self.gemm_scaled_impl(a, b, mode, Some(shift), col_scale, out, true)
     }
 
     fn gemm_scaled_split_k(

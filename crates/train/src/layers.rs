@@ -272,29 +272,48 @@ pub fn col2im(
             for oy in 0..ho {
                 for ox in 0..wo {
                     let row = &chunk[(oy * wo + ox) * kk..(oy * wo + ox + 1) * kk];
+                    // The kx inside the input are one run `lo..hi` whose pixels are adjacent in
+                    // NHWC: one add loop per kernel row. Every dx entry still receives its terms
+                    // in the same (oy, ox, ky, kx) order, so the sums are unchanged.
+                    let ix0 = (ox * stride) as isize - pad as isize;
+                    let lo = (-ix0).clamp(0, k as isize) as usize;
+                    let hi = (w as isize - ix0).clamp(lo as isize, k as isize) as usize;
+                    if lo == hi {
+                        continue;
+                    }
                     for ky in 0..k {
                         let iy = (oy * stride + ky) as isize - pad as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
-                        for kx in 0..k {
-                            let ix = (ox * stride + kx) as isize - pad as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let dst = (iy as usize * w + ix as usize) * c;
-                            for (d, s) in xb[dst..dst + c]
-                                .iter_mut()
-                                .zip(&row[(ky * k + kx) * c..(ky * k + kx + 1) * c])
-                            {
-                                *d += *s;
-                            }
-                        }
+                        let dst = (iy as usize * w + (ix0 + lo as isize) as usize) * c;
+                        add_into(
+                            &mut xb[dst..dst + (hi - lo) * c],
+                            &row[(ky * k + lo) * c..(ky * k + hi) * c],
+                        );
                     }
                 }
             }
         });
     dx
+}
+
+/// `dst[i] += src[i]`, in fixed 8-wide pieces (a loop of unknown length is vectorized 32 wide and
+/// leaves the usual 16- to 48-float runs to its scalar tail).
+#[inline(always)]
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    let mut d8 = dst.chunks_exact_mut(8);
+    let mut s8 = src.chunks_exact(8);
+    for (d, s) in (&mut d8).zip(&mut s8) {
+        let d: &mut [f32; 8] = d.try_into().expect("8 floats");
+        let s: &[f32; 8] = s.try_into().expect("8 floats");
+        for (d, s) in d.iter_mut().zip(s) {
+            *d += *s;
+        }
+    }
+    for (d, s) in d8.into_remainder().iter_mut().zip(s8.remainder()) {
+        *d += *s;
+    }
 }
 
 /// An NHWC copy of `x` in a recycled buffer.
@@ -673,11 +692,20 @@ impl BatchNorm {
             xhat.par_chunks_mut(BN_CHUNK_ROWS * c)
                 .zip(ys.par_chunks_mut(BN_CHUNK_ROWS * c))
                 .for_each(|(xc, yc)| {
+                    // Zipped slices of length c (no bounds checks): the loop vectorizes.
+                    let (mean, invstd, g, b) = (&mean[..c], &invstd[..c], &g[..c], &b[..c]);
                     for (xr, yr) in xc.chunks_exact_mut(c).zip(yc.chunks_exact_mut(c)) {
-                        for i in 0..c {
-                            let xh = (yr[i] - mean[i]) * invstd[i];
-                            xr[i] = xh;
-                            yr[i] = act(g[i] * xh + b[i]);
+                        for (((((x, y), &mu), &is), &g), &b) in xr
+                            .iter_mut()
+                            .zip(yr.iter_mut())
+                            .zip(mean)
+                            .zip(invstd)
+                            .zip(g)
+                            .zip(b)
+                        {
+                            let xh = (*y - mu) * is;
+                            *x = xh;
+                            *y = act(g * xh + b);
                         }
                     }
                 });
@@ -734,9 +762,12 @@ impl BatchNorm {
                     .par_chunks(BN_CHUNK_ROWS * c),
             )
             .for_each(|(dc, xc)| {
+                // Zipped slices of length c (no bounds checks): the loop vectorizes.
+                let (k, db, dg) = (&k[..c], &db[..c], &dg[..c]);
                 for (dr, xr) in dc.chunks_exact_mut(c).zip(xc.chunks_exact(c)) {
-                    for i in 0..c {
-                        dr[i] = k[i] * (mf * dr[i] - db[i] - xr[i] * dg[i]);
+                    for ((((d, &x), &k), &db), &dg) in dr.iter_mut().zip(xr).zip(k).zip(db).zip(dg)
+                    {
+                        *d = k * (mf * *d - db - x * dg);
                     }
                 }
             });
@@ -759,6 +790,13 @@ enum ClampCache {
 #[inline(always)]
 fn passes(v: f32, cap: f32) -> bool {
     !(v <= 0.0 || v >= cap)
+}
+
+/// `d` when `keep`, else +0.0: the same bits as `if !keep { d = 0.0 }`, as a bit mask so the
+/// loop vectorizes (the conditional store was compiled to one branch per element).
+#[inline(always)]
+fn keep_or_zero(d: f32, keep: bool) -> f32 {
+    f32::from_bits(d.to_bits() & 0u32.wrapping_sub(u32::from(keep)))
 }
 
 /// ReLU (cap = ∞) or ReLU6 (cap = 6); the output (or a mask of it) gives the derivative.
@@ -834,9 +872,7 @@ impl Clamp {
                     .zip(ys.par_chunks(EW_CHUNK))
                     .for_each(|(dc, yc)| {
                         for (d, &v) in dc.iter_mut().zip(yc) {
-                            if !passes(v, cap) {
-                                *d = 0.0;
-                            }
+                            *d = keep_or_zero(*d, passes(v, cap));
                         }
                     });
                 give_array(y);
@@ -847,9 +883,7 @@ impl Clamp {
                     .zip(mask.par_chunks(EW_CHUNK))
                     .for_each(|(dc, mc)| {
                         for (d, &m) in dc.iter_mut().zip(mc) {
-                            if m == 0 {
-                                *d = 0.0;
-                            }
+                            *d = keep_or_zero(*d, m != 0);
                         }
                     });
             }
