@@ -1284,12 +1284,7 @@ fn col_max_abs_body(c: &[f32], n: usize) -> Vec<f32> {
         64 => col_max_abs_fixed::<64>(c).to_vec(),
         _ => {
             let mut m = vec![0f32; n];
-            for row in c.chunks_exact(n) {
-                for (m, &v) in m.iter_mut().zip(row) {
-                    let a = v.abs();
-                    *m = if a > *m { a } else { *m };
-                }
-            }
+            fold_col_max_abs(&mut m, c);
             m
         }
     }
@@ -1298,13 +1293,20 @@ fn col_max_abs_body(c: &[f32], n: usize) -> Vec<f32> {
 #[inline(always)]
 fn col_max_abs_fixed<const N: usize>(c: &[f32]) -> [f32; N] {
     let mut m = [0f32; N];
-    for row in c.chunks_exact(N) {
+    fold_col_max_abs(&mut m, c);
+    m
+}
+
+/// `m[j] = max(m[j], |c[i, j]|)` over the rows of `c` (`m.len()` columns); inlined so a fixed-size
+/// `m` keeps its accumulators in registers.
+#[inline(always)]
+fn fold_col_max_abs(m: &mut [f32], c: &[f32]) {
+    for row in c.chunks_exact(m.len()) {
         for (m, &v) in m.iter_mut().zip(row) {
             let a = v.abs();
             *m = if a > *m { a } else { *m };
         }
     }
-    m
 }
 
 /// `y[i,j] = acc[i*n + j] * scale[j]` (row-major `acc`), in parallel.
