@@ -139,6 +139,13 @@ pub struct MethodConfig {
     /// unlike evaluation does).
     #[serde(default)]
     pub slu_noise_peak_lr: f32,
+    /// Start every gated block as the identity: the BatchNorm whose output joins the shortcut
+    /// starts with gamma = 0, so executing or skipping a block gives the same output until the block
+    /// has learnt something. Stochastic gating then does not disturb the rest of the network early
+    /// in training (ResNet-20, 12,000 images x 4 epochs, target 0.15: docs/results.md, session 7).
+    /// The reference initialises gamma = 1.
+    #[serde(default)]
+    pub slu_identity_init: bool,
     /// Predictive sign gradient descent.
     pub psg: bool,
     pub psg_threshold: PsgThreshold,
@@ -165,6 +172,7 @@ impl MethodConfig {
             slu_beta: 1.0,
             slu_gate_downsample: false,
             slu_noise_peak_lr: 0.0,
+            slu_identity_init: false,
             psg: false,
             // c = 0.05 left 38-50% of entries uncertain (almost every tile recomputed); 0.001 gave
             // about 5% and better accuracy in short Fashion-MNIST runs (docs/results.md).

@@ -129,6 +129,12 @@ pub struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_anneal: Option<bool>,
+    /// SLU: start every gated block as the identity (gamma = 0 in the BatchNorm that joins the
+    /// shortcut), so early stochastic gating does not disturb the network (false: the reference's
+    /// gamma = 1) [default: true]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slu_identity_init: Option<bool>,
     /// Predictive sign gradient descent on/off (overrides the method preset)
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,6 +261,9 @@ pub const DEFAULT_BN_CALIBRATE: u32 = 8;
 /// `--slu-anneal` when not given. ResNet-20, 12,000 images x 4 epochs, smd+slu+psg0 at target 0.3:
 /// see docs/results.md (session 6) for the runs that chose it.
 pub const DEFAULT_SLU_ANNEAL: bool = true;
+/// `--slu-identity-init` when not given. ResNet-20, 12,000 images x 4 epochs, smd+slu+psg0 at
+/// target 0.15: see docs/results.md (session 7) for the runs that chose it.
+pub const DEFAULT_SLU_IDENTITY_INIT: bool = true;
 
 fn bad(key: &str, msg: impl std::fmt::Display) -> HostError {
     HostError::Config(format!("{}: {msg}", flag(key)))
@@ -574,6 +583,9 @@ impl Settings {
         } else {
             0.0
         };
+        // Like the noise schedule, meaningless without SLU: off then, so configs stay comparable.
+        method.slu_identity_init =
+            method.slu && self.slu_identity_init.unwrap_or(DEFAULT_SLU_IDENTITY_INIT);
         if let Some(t) = &self.psg_threshold {
             method.psg_threshold = parse_psg_threshold(t)?;
         }
@@ -748,6 +760,7 @@ impl RunConfig {
             slu_beta: Some(pretty(m.slu_beta)),
             slu_gate_downsample: Some(m.slu_gate_downsample),
             slu_anneal: Some(m.slu_noise_peak_lr > 0.0),
+            slu_identity_init: Some(m.slu_identity_init),
             psg: Some(m.psg),
             psg_threshold: Some(psg_threshold_str(m.psg_threshold)),
             psg_lr_scale: Some(pretty(m.psg_lr_scale)),
@@ -911,6 +924,16 @@ mod tests {
         assert_eq!(c.bn_calibrate, 3);
         // SLU anneals its gate noise by default, scaled to the run's peak rate.
         assert_eq!(c.method.slu_noise_peak_lr, c.lr);
+        // Gated blocks start as the identity by default; the flag turns it off; no SLU, no init.
+        assert!(c.method.slu_identity_init);
+        let off = resolve(&["--method", "e2train", "--slu-identity-init", "false"]).unwrap();
+        assert!(off.method.slu && !off.method.slu_identity_init);
+        assert!(
+            !resolve(&["--method", "baseline"])
+                .unwrap()
+                .method
+                .slu_identity_init
+        );
 
         assert_eq!(c.method.smd_p, 0.25);
         assert_eq!(c.method.psg_threshold, PsgThreshold::Absolute(5e-5));
@@ -1026,6 +1049,8 @@ mod tests {
                 "--psg-threshold",
                 "abs:0.00005",
                 "--slu-gate-downsample",
+                "--slu-identity-init",
+                "false",
                 "--bn-calibrate",
                 "0",
             ],

@@ -8,8 +8,8 @@ use e2t_core::{Batch, Counters, EngineConfig, EvalResult, Mode, Precision, Rail,
 use serde::{Deserialize, Serialize};
 
 /// Bump on any change of [`Msg`]'s encoding (3: `MethodConfig::psg_fallback`; 4: `CalibrateBn`;
-/// 5: `MethodConfig::slu_noise_peak_lr`).
-pub const PROTOCOL_VERSION: u16 = 5;
+/// 5: `MethodConfig::slu_noise_peak_lr`; 6: `MethodConfig::slu_identity_init`).
+pub const PROTOCOL_VERSION: u16 = 6;
 /// "E2TL": guards against talking to something that is not an e2train agent at all.
 pub const MAGIC: u32 = 0x4532_544c;
 /// Largest encoded message either side accepts (a CIFAR batch of 512 is 1.5 MiB).

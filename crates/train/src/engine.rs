@@ -140,6 +140,9 @@ impl E2TrainEngine {
             &mut rng,
         )
         .map_err(EngineError::Config)?;
+        if cfg.method.slu && cfg.method.slu_identity_init {
+            net.identity_init_gated();
+        }
         let reg = cfg.method.slu.then(|| {
             let macs: Vec<u64> = net.gated_blocks().iter().map(|(_, m)| *m).collect();
             CostRegulariser::new(&macs, cfg.method.slu_target, cfg.method.slu_beta)
@@ -738,10 +741,11 @@ struct Checkpoint {
 }
 
 /// Bumped whenever the payload's layout changes (bincode has no optional fields): 2 added
-/// `MethodConfig::psg_fallback`; 3 `slu_gate_downsample` and `slu_noise_peak_lr`.
-const MAGIC: [u8; 8] = *b"E2TRAIN3";
+/// `MethodConfig::psg_fallback`; 3 `slu_gate_downsample` and `slu_noise_peak_lr`; 4
+/// `slu_identity_init`.
+const MAGIC: [u8; 8] = *b"E2TRAIN4";
 /// Headers of older layouts, named in the error instead of a decode failure.
-const OLD_MAGICS: [&[u8; 8]; 2] = [b"E2TRAIN1", b"E2TRAIN2"];
+const OLD_MAGICS: [&[u8; 8]; 3] = [b"E2TRAIN1", b"E2TRAIN2", b"E2TRAIN3"];
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
 fn bincode_opts() -> impl Options {

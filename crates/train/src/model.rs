@@ -30,6 +30,10 @@ use ndarray::{Array1, Array2, Array4, Axis, Zip};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+/// Names (suffixes) of the BatchNorm whose output joins the shortcut, per block type in
+/// `blocks.rs`: BasicBlock's `bn2`, InvertedResidual's `bn_project`.
+const RESIDUAL_OUT_BN: [&str; 2] = [".bn2", ".bn_project"];
+
 /// How SLU gates decide.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GateMode {
@@ -264,6 +268,27 @@ impl Network {
             .filter(|((_, g), _)| **g)
             .map(|((b, _), &m)| (b.name().to_string(), m))
             .collect()
+    }
+
+    /// Start every gated block as the identity (`MethodConfig::slu_identity_init`): gamma = 0 in
+    /// the BatchNorm whose output joins the shortcut (beta is already 0), so B(x) = S(x) whether a
+    /// sample executes the block or not. Returns how many blocks were set.
+    pub fn identity_init_gated(&mut self) -> usize {
+        let mut set = 0;
+        for (b, _) in self.blocks.iter_mut().zip(&self.gated).filter(|(_, g)| **g) {
+            let mut found = 0;
+            b.visit_bn(&mut |bn| {
+                if RESIDUAL_OUT_BN.iter().any(|s| bn.name.ends_with(s)) {
+                    bn.gamma.value.fill(0.0);
+                    found += 1;
+                }
+            });
+            // A new block type must name its residual-output BN here; the test of this function
+            // fails for every model otherwise.
+            debug_assert_eq!(found, 1, "block {} has no residual-output BN", b.name());
+            set += found.min(1);
+        }
+        set
     }
 
     pub fn visit_params(&mut self, f: &mut dyn FnMut(&mut Param)) {

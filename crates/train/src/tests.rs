@@ -1149,6 +1149,49 @@ fn slu_gates_identity_blocks_and_downsampling_ones_only_when_asked_or_alone() {
     }
 }
 
+/// `slu_identity_init`: every gated block starts as the identity, so evaluation gives the same
+/// loss whether the gates execute every gated block or skip them all; without it the two differ.
+#[test]
+fn slu_identity_init_starts_gated_blocks_as_the_identity() {
+    for (model, side) in [
+        (ModelKind::ResNet { depth: 14 }, 8usize),
+        (ModelKind::MobileNetV2, 16),
+    ] {
+        for identity in [true, false] {
+            let method = MethodConfig {
+                precision: Precision::Fp32,
+                slu: true,
+                slu_identity_init: identity,
+                ..MethodConfig::fp32()
+            };
+            let cfg = tiny_cfg(model, side as u32, method);
+            let b = batch(3, 6, side, 0.0);
+            // Output bias +-30 saturates p at 1 or 0 for every sample and gated block.
+            let loss_with_gate_bias = |bias: f32| {
+                let mut eng = E2TrainEngine::with_backend(cfg.clone(), Box::new(fp32_backend()))
+                    .expect("engine");
+                let gated = eng.gated_blocks().len();
+                eng.net_mut().gate.as_mut().expect("gate").b_out.value[[0, 0]] = bias;
+                let r = eng.evaluate(&b.images, &b.labels).expect("eval");
+                (r.loss_sum, gated, eng)
+            };
+            let (all, gated, mut eng) = loss_with_gate_bias(30.0);
+            let (none, ..) = loss_with_gate_bias(-30.0);
+            assert!(gated > 0 && all.is_finite());
+            if identity {
+                assert_eq!(
+                    all, none,
+                    "{model}: executing a fresh gated block changes nothing"
+                );
+            } else {
+                assert_ne!(all, none, "{model}: gamma = 1 blocks do change the output");
+            }
+            // Exactly one residual-output BN per gated block.
+            assert_eq!(eng.net_mut().identity_init_gated(), gated, "{model}");
+        }
+    }
+}
+
 #[test]
 fn slu_gate_noise_narrows_to_the_evaluation_rule_as_the_learning_rate_decays() {
     let method = MethodConfig {
