@@ -54,6 +54,7 @@
 use crate::conv::{ConvCodes, Im2colGeom, covered_max_abs, im2col_codes};
 use crate::{
     AccelError, Accelerator, CodeMatrix, DIM_K_MAX, DIM_MN_MAX, F32Operand, GemmOut, PsgReport,
+    Scatter,
 };
 use e2t_core::{Counters, LayerPsgStats, MethodConfig, Mode, Precision, PsgFallback, PsgThreshold};
 use e2t_nn::{GemmEngine, LayerId};
@@ -70,6 +71,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// How weight gradients are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -241,6 +243,24 @@ pub struct AccelGemm<A: Accelerator> {
     acc: Vec<i64>,
     signs: Vec<i8>,
     patches: Vec<i16>,
+    /// [`AccelGemm::share_grad_codes`]: the last weight gradient's `dy` codes, for the same
+    /// layer's backward data.
+    share_grad: bool,
+    grad_cache: Option<GradCache>,
+    /// A recycled code buffer (the codes vectors rotate between `qa`, `qb` and the cache).
+    spare: Vec<i16>,
+}
+
+/// A weight gradient's quantized `dy`, and what identifies that `dy` (see
+/// [`AccelGemm::share_grad_codes`]).
+struct GradCache {
+    layer: String,
+    step: u64,
+    rounding: GradRounding,
+    ptr: usize,
+    len: usize,
+    exp: i32,
+    codes: Vec<i16>,
 }
 
 /// Elements per parallel quantization chunk.
@@ -261,7 +281,45 @@ impl<A: Accelerator> AccelGemm<A> {
             acc: Vec::new(),
             signs: Vec::new(),
             patches: Vec::new(),
+            share_grad: false,
+            grad_cache: None,
+            spare: Vec::new(),
         }
+    }
+
+    /// With sharing on, a weight gradient keeps its codes of `dy` and the next call, when it is
+    /// the backward data of the same layer and step on the same `dy` slice (same address and
+    /// length), uses them instead of quantizing `dy` again: they are the same codes (the same
+    /// rounding of the same values, stochastic rounding included, whose stream depends only on
+    /// seed, step and layer). The caller promises not to change `dy` between the two calls;
+    /// any other GEMM call in between drops the codes. Off by default.
+    pub fn share_grad_codes(&mut self, on: bool) {
+        self.share_grad = on;
+        self.drop_grad_cache();
+    }
+
+    fn drop_grad_cache(&mut self) {
+        if let Some(c) = self.grad_cache.take() {
+            self.spare = c.codes;
+        }
+    }
+
+    /// The codes and exponent of the output gradient `dy` for backward data: the weight
+    /// gradient's (see [`Self::share_grad_codes`]) when they are of this `dy`, else quantized.
+    fn grad_codes(&mut self, layer: &str, dy: &[f32], out: &mut Vec<i16>) -> i32 {
+        if let Some(c) = self.grad_cache.take() {
+            if c.layer == layer
+                && c.step == self.step
+                && c.rounding == self.cfg.grad_rounding
+                && c.ptr == dy.as_ptr() as usize
+                && c.len == dy.len()
+            {
+                self.spare = std::mem::replace(out, c.codes);
+                return c.exp;
+            }
+            self.spare = c.codes;
+        }
+        self.quantize_grad(layer, dy, out)
     }
 
     pub fn config(&self) -> &AccelGemmConfig {
@@ -288,6 +346,7 @@ impl<A: Accelerator> AccelGemm<A> {
     /// The training step the next GEMMs belong to (keys the stochastic-rounding stream).
     pub fn set_step(&mut self, step: u64) {
         self.step = step;
+        self.drop_grad_cache();
     }
 
     /// While frozen (evaluation), requantized outputs do not update the layers' shift history.
@@ -389,6 +448,7 @@ impl<A: Accelerator> AccelGemm<A> {
         w: ArrayView2<'_, f32>,
         mut y: ArrayViewMut2<'_, f32>,
     ) -> Result<(), AccelError> {
+        self.drop_grad_cache();
         check_shapes(
             "forward",
             x.dim(),
@@ -502,6 +562,7 @@ impl<A: Accelerator> AccelGemm<A> {
         dy: ArrayView2<'_, f32>,
         mut dw: ArrayViewMut2<'_, f32>,
     ) {
+        self.drop_grad_cache();
         let g = cached.geom;
         let r = if cached.is_int16() {
             self.backward_weight_from_input_codes(
@@ -526,6 +587,108 @@ impl<A: Accelerator> AccelGemm<A> {
         }
     }
 
+    /// [`GemmEngine::backward_data`] whose column gradient `dy · wᵀ` (`[M, K]`) is never stored
+    /// whole: its rows go to `scatter` (see [`Scatter`]) in groups of `group_rows` rows, group `g`
+    /// with the `g`-th of as many equal parts of `dst` (for a convolution: one image's output
+    /// positions and that image's input gradient, which `scatter` sums the columns into). The same
+    /// values, counters, layer history and errors as `backward_data` into a whole matrix that is
+    /// then handed over group by group; after an error `dst` is zeroed.
+    pub fn backward_data_scatter(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        group_rows: usize,
+        dst: &mut [f32],
+        scatter: &Scatter<'_>,
+    ) {
+        if let Err(e) = self.backward_data_scatter_impl(layer, dy, w, group_rows, dst, scatter) {
+            dst.fill(0.0);
+            self.record(e);
+        }
+    }
+
+    fn backward_data_scatter_impl(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        group_rows: usize,
+        dst: &mut [f32],
+        scatter: &Scatter<'_>,
+    ) -> Result<(), AccelError> {
+        let (m, n) = dy.dim();
+        let k = w.nrows();
+        check_shapes(
+            "backward_data",
+            dy.dim(),
+            w.dim(),
+            (m, k),
+            (dy.ncols(), w.ncols()),
+            (dy.nrows(), w.nrows()),
+        )?;
+        let (ms, ns) = self.split_limits();
+        // `run_scaled`'s requantized path (its K is this `n`, its N this `k`).
+        let direct =
+            self.cfg.requant_outputs && m > 0 && n > 0 && k > 0 && k <= ns && n <= DIM_K_MAX;
+        if !direct {
+            // The commands `run_scaled` picks for this shape, into a whole matrix.
+            let mut cols = ndarray::Array2::<f32>::zeros((m, k));
+            self.backward_data_impl(layer, dy, w, cols.view_mut())?;
+            let per = crate::check_scatter(m, ms, group_rows, dst.len())?;
+            let cs = cols.as_slice().expect("fresh array");
+            dst.par_chunks_mut(per)
+                .zip(cs.par_chunks(group_rows * k))
+                .for_each(|(d, rows)| scatter(0, rows, d));
+            return Ok(());
+        }
+        let dys = contiguous(&dy);
+        let ws = contiguous(&w);
+        let mut qa = std::mem::take(&mut self.qa);
+        let edy = self.grad_codes(layer, &dys, &mut qa);
+        let mut qw = std::mem::take(&mut self.qb);
+        let ew = quantize_par(&ws, &mut qw, false);
+        let r = (|| {
+            let li = self.layer_index(layer);
+            let slot = OutKind::BackwardData.slot(Mode::Int16);
+            let shift = requant_shift(n, Mode::Int16, self.layers[li].state.out_bits[slot]);
+            let scales = vec![pow2(edy + ew); k];
+            // The history needs the largest |code|: the kernels note it; when the dequantized
+            // values do not show it exactly, `run_scaled` scans them, and so does this, piece by
+            // piece (a maximum of maxima, and rounding is monotonic).
+            let track = !self.history_frozen;
+            let scan = track && !exact_dequant(&scales, shift);
+            let scanned = AtomicU32::new(0);
+            let noting = |r0: usize, rows: &[f32], d: &mut [f32]| {
+                if scan {
+                    scanned.fetch_max(max_code(rows, &scales, shift), Ordering::Relaxed);
+                }
+                scatter(r0, rows, d)
+            };
+            // B = wᵀ, [N, K]: a transposed view of the row-major [K, N] codes.
+            let code = self.accel.gemm_requant_scatter(
+                CodeMatrix::row_major(&qa, m, n)?,
+                CodeMatrix::row_major(&qw, k, n)?.t(),
+                Mode::Int16,
+                shift,
+                &scales,
+                ms,
+                group_rows,
+                dst,
+                &noting,
+            )?;
+            if track {
+                let code = if scan { scanned.into_inner() } else { code };
+                let bits = &mut self.layers[li].state.out_bits[slot];
+                *bits = next_out_bits(*bits, code, shift);
+            }
+            Ok(())
+        })();
+        self.qa = qa;
+        self.qb = qw;
+        r
+    }
+
     fn conv_forward_impl(
         &mut self,
         layer: &str,
@@ -534,6 +697,7 @@ impl<A: Accelerator> AccelGemm<A> {
         w: ArrayView2<'_, f32>,
         y: ArrayViewMut2<'_, f32>,
     ) -> Result<ConvCodes, AccelError> {
+        self.drop_grad_cache();
         let (m, k) = conv_matrix("conv_forward", x.len(), &g, w.dim(), y.dim())?;
         check_shapes(
             "conv_forward",
@@ -573,6 +737,7 @@ impl<A: Accelerator> AccelGemm<A> {
         dy: ArrayView2<'_, f32>,
         dw: ArrayViewMut2<'_, f32>,
     ) -> Result<(), AccelError> {
+        self.drop_grad_cache();
         // Shapes first: a mismatch must not cost a quantization of the input.
         conv_backward_weight_shapes(x.len(), &g, dy, &dw)?;
         let cached = cached.filter(|c| c.geom == g && c.codes.len() == x.len());
@@ -742,7 +907,7 @@ impl<A: Accelerator> AccelGemm<A> {
         let dys = contiguous(&dy);
         let ws = contiguous(&w);
         let mut qa = std::mem::take(&mut self.qa);
-        let edy = self.quantize_grad(layer, &dys, &mut qa);
+        let edy = self.grad_codes(layer, &dys, &mut qa);
         let mut qw = std::mem::take(&mut self.qb);
         let ew = quantize_par(&ws, &mut qw, false);
         // B = wᵀ, [N, K]: a transposed view of the row-major [K, N] codes.
@@ -768,6 +933,7 @@ impl<A: Accelerator> AccelGemm<A> {
         dy: ArrayView2<'_, f32>,
         dw: ArrayViewMut2<'_, f32>,
     ) -> Result<(), AccelError> {
+        self.drop_grad_cache();
         check_shapes(
             "backward_weight",
             x.dim(),
@@ -799,6 +965,7 @@ impl<A: Accelerator> AccelGemm<A> {
         let (m, k) = (xq.rows(), xq.cols());
         let n = dy.ncols();
         let dys = contiguous(&dy);
+        self.drop_grad_cache();
         let mut qb = std::mem::take(&mut self.qb);
         let edy = self.quantize_grad(layer, &dys, &mut qb);
         // A = xᵀ, [K, M]; B = dy, [M, N].
@@ -841,7 +1008,20 @@ impl<A: Accelerator> AccelGemm<A> {
                 }
             }
         })();
-        self.qb = qb;
+        if self.share_grad {
+            self.grad_cache = Some(GradCache {
+                layer: layer.to_string(),
+                step: self.step,
+                rounding: self.cfg.grad_rounding,
+                ptr: dys.as_ptr() as usize,
+                len: dys.len(),
+                exp: edy,
+                codes: qb,
+            });
+            self.qb = std::mem::take(&mut self.spare);
+        } else {
+            self.qb = qb;
+        }
         r
     }
 
@@ -1447,6 +1627,51 @@ mod tests {
             match mode {
                 Mode::Int16 => assert_eq!(c.macs_int16, 37 * 19 * 6),
                 Mode::Int8 => assert_eq!(c.macs_int8, 37 * 19 * 6),
+            }
+        }
+    }
+
+    /// Backward data handed over in groups equals the whole column gradient (values, counters,
+    /// the layer's shift history, over three steps), with and without the weight gradient's
+    /// shared `dy` codes, for stochastic rounding too; a `dy` in another buffer is quantized
+    /// afresh.
+    #[test]
+    fn scattered_backward_data_and_shared_grad_codes_change_nothing() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0708);
+        let (m, n, k) = (48, 6, 27);
+        let x = rand_mat(&mut rng, m, k, 2.0);
+        let w = rand_mat(&mut rng, k, n, 0.3);
+        for rounding in [GradRounding::Nearest, GradRounding::Stochastic { seed: 5 }] {
+            let cfg = AccelGemmConfig {
+                grad_rounding: rounding,
+                ..AccelGemmConfig::baseline()
+            };
+            let (mut plain, mut fused) = (engine(cfg), engine(cfg));
+            fused.share_grad_codes(true);
+            for step in 0..3 {
+                let dy = rand_mat(&mut rng, m, n, 1e-2 * (step + 1) as f32);
+                let mut want = Array2::zeros((m, k));
+                let mut dw = Array2::zeros((k, n));
+                plain.set_step(step);
+                plain.backward_weight("l", x.view(), dy.view(), dw.view_mut());
+                plain.backward_data("l", dy.view(), w.view(), want.view_mut());
+                let mut dw2 = Array2::zeros((k, n));
+                let mut got = vec![0f32; m * k];
+                fused.set_step(step);
+                fused.backward_weight("l", x.view(), dy.view(), dw2.view_mut());
+                fused.backward_data_scatter("l", dy.view(), w.view(), 16, &mut got, &|f, r, d| {
+                    d[f * k..f * k + r.len()].copy_from_slice(r)
+                });
+                assert_eq!(dw2, dw);
+                assert_eq!(got, want.as_slice().unwrap(), "{rounding:?} step {step}");
+                assert_eq!(fused.counters(), plain.counters());
+                assert_eq!(fused.state(), plain.state());
+                // The same values in another buffer: not the weight gradient's `dy`.
+                let copy = dy.clone();
+                let mut again = Array2::zeros((m, k));
+                fused.backward_data("l", copy.view(), w.view(), again.view_mut());
+                plain.backward_data("l", dy.view(), w.view(), want.view_mut());
+                assert_eq!(again, want);
             }
         }
     }

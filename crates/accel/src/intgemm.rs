@@ -312,6 +312,99 @@ pub(crate) fn gemm_requant_max<L: Lhs>(
     max.into_inner()
 }
 
+/// Bytes of dequantized output a [`gemm_requant_scatter`] piece aims for: it is written by the
+/// kernels and read back by the scatter while both are still in L2.
+const SCATTER_PIECE_BYTES: usize = 64 << 10;
+
+thread_local! {
+    /// This thread's dequantized piece for [`gemm_requant_scatter`], kept across pieces and calls
+    /// (every entry is written before the scatter reads it).
+    static PIECE: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// [`gemm_requant_max`] whose output never exists whole: each group of `group_rows` rows is
+/// formed in pieces of a few rows, and each piece goes to `scatter` with the group's part of
+/// `dst` (see [`crate::Scatter`]) as soon as it is dequantized. Groups run in parallel; a row's
+/// values do not depend on the pieces. `m` and `dst.len()` split evenly into the groups (checked
+/// by the caller). Requires AVX2 ([`available`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_requant_scatter<L: Lhs>(
+    a: L,
+    b: CodeMatrix<'_>,
+    op: Operand,
+    scale: &[f64],
+    shift: u32,
+    group_rows: usize,
+    dst: &mut [f32],
+    scatter: &crate::Scatter<'_>,
+) -> u32 {
+    assert!(available(), "intgemm::gemm_requant_scatter needs AVX2");
+    match op {
+        Operand::Full => scatter_run::<Full, L>(a, b, op, scale, shift, group_rows, dst, scatter),
+        Operand::HighFloor => {
+            scatter_run::<Floor, L>(a, b, op, scale, shift, group_rows, dst, scatter)
+        }
+        Operand::HighNearest => {
+            scatter_run::<Nearest, L>(a, b, op, scale, shift, group_rows, dst, scatter)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scatter_run<C: Conv, L: Lhs>(
+    a: L,
+    b: CodeMatrix<'_>,
+    op: Operand,
+    scale: &[f64],
+    shift: u32,
+    group_rows: usize,
+    dst: &mut [f32],
+    scatter: &crate::Scatter<'_>,
+) -> u32 {
+    let (m, k, n) = (a.rows(), b.rows(), b.cols());
+    debug_assert_eq!(a.cols(), k);
+    if m == 0 || n == 0 || group_rows == 0 || dst.is_empty() {
+        return 0;
+    }
+    debug_assert!(m % group_rows == 0 && dst.len() % (m / group_rows) == 0);
+    let per = dst.len() / (m / group_rows);
+    let pb = PackedB::new::<C>(b);
+    let kp = k.div_ceil(2);
+    let row_bytes = 4 * if kp <= PACK_PAIRS_MAX { kp } else { C::KCP };
+    // As many rows as `run`'s row blocks at most, and few enough for the piece to stay in cache.
+    let mb = ((ABUF_BYTES / row_bytes) / 12 * 12).max(12);
+    let fit = (SCATTER_PIECE_BYTES / (4 * n)) / 12 * 12;
+    let piece = mb.min(fit.max(12)).min(group_rows);
+    let no_wrap = op.never_wraps(k);
+    let max = AtomicU32::new(0);
+    dst.par_chunks_mut(per).enumerate().for_each(|(g, d)| {
+        let mut buf = PIECE.with(|c| c.take());
+        if buf.len() < piece * n {
+            buf.resize(piece * n, 0.0);
+        }
+        for p0 in (0..group_rows).step_by(piece) {
+            let rows = piece.min(group_rows - p0);
+            let r0 = g * group_rows + p0;
+            let out = &mut buf[..rows * n];
+            if k == 0 {
+                out.fill(0.0);
+            } else {
+                let sink = Sink::Scaled {
+                    out: &mut *out,
+                    scale,
+                    requant: Some(shift),
+                    wrap: !no_wrap,
+                    code_max: Some(&max),
+                };
+                block::<C, L>(&a, &pb, r0, r0 + rows, 0, k, sink);
+            }
+            scatter(p0, out, d);
+        }
+        PIECE.with(|c| c.set(buf));
+    });
+    max.into_inner()
+}
+
 /// `code_max` (with a requantized `out`): raised to the largest |code| of the output.
 fn run<C: Conv, L: Lhs>(
     a: L,
@@ -480,6 +573,9 @@ enum Epi {
         requant: Option<u32>,
         /// Raised to the largest |requantized code| (null: not tracked).
         max: *mut f64,
+        /// The scales as f32 (`NR` readable) when the integer epilogue applies
+        /// ([`int_epilogue`]); null: the f64 one.
+        fscale: *const f32,
     },
 }
 
@@ -502,6 +598,8 @@ fn block_avx2<C: Conv, L: Lhs>(
     let fused = fused_scaled::<C>(&sink, kpairs);
     // Column scales padded to the panels (the fused kernels read whole panels of them).
     let mut scale_pad = Vec::new();
+    // Their f32 copy when the integer epilogue applies (else empty).
+    let mut fscale_pad: Vec<f32> = Vec::new();
     // The fused kernels' largest |code| so far (only with a requantized, tracked output).
     let mut fmax = 0f64;
     let (fout, frequant, fmax_ptr): (*mut f32, Option<u32>, *mut f64) = match &mut sink {
@@ -514,6 +612,9 @@ fn block_avx2<C: Conv, L: Lhs>(
         } if fused => {
             scale_pad.extend_from_slice(&scale[..pb.n]);
             scale_pad.resize(npad, 0.0);
+            if int_epilogue::<C>(*requant, &scale[..pb.n]) {
+                fscale_pad.extend(scale_pad.iter().map(|&v| v as f32));
+            }
             let mp = if code_max.is_some() && requant.is_some() {
                 &raw mut fmax
             } else {
@@ -569,6 +670,11 @@ fn block_avx2<C: Conv, L: Lhs>(
                     scale: scale_pad.as_ptr().add(q * NR),
                     requant: frequant,
                     max: fmax_ptr,
+                    fscale: if fscale_pad.is_empty() {
+                        std::ptr::null()
+                    } else {
+                        fscale_pad.as_ptr().add(q * NR)
+                    },
                 }
             } else {
                 Epi::Acc {
@@ -751,9 +857,17 @@ unsafe fn kernel<C: Conv, const MR: usize>(
             scale,
             requant,
             max,
+            fscale,
         } => {
             // SAFETY: forwarded contract.
-            unsafe { store_scaled::<C, MR>(&hi, &lo, out, ldo, cols, scale, requant, max) };
+            unsafe {
+                match requant {
+                    Some(s) if !fscale.is_null() => {
+                        store_requant_int::<C, MR>(&hi, &lo, out, ldo, cols, fscale, s, max)
+                    }
+                    _ => store_scaled::<C, MR>(&hi, &lo, out, ldo, cols, scale, requant, max),
+                }
+            }
             return;
         }
     };
@@ -779,6 +893,103 @@ unsafe fn kernel<C: Conv, const MR: usize>(
                 _mm256_storeu_si256(cp.cast(), v0);
                 _mm256_storeu_si256(cp.add(4).cast(), v1);
             }
+        }
+    }
+}
+
+/// True when a fused block's requantized output may use [`store_requant_int`]: the shift is in
+/// the range where its i32 steps cannot overflow, and every column's scale (with the `2^shift`
+/// folded in) is a power of two whose products with codes `1..=32768` are normal, finite f32
+/// values, so `code as f32 * scale as f32` is exact and equals `(code as f64 * scale) as f32`.
+fn int_epilogue<C: Conv>(requant: Option<u32>, scale: &[f64]) -> bool {
+    let Some(s) = requant else { return false };
+    let shift_ok = if C::SPLIT {
+        (9..=38).contains(&s)
+    } else {
+        (1..=30).contains(&s)
+    };
+    shift_ok
+        && scale.iter().all(|&f| {
+            f.is_finite()
+                && f > 0.0
+                && f.to_bits() & ((1u64 << 52) - 1) == 0
+                && f >= f64::from(f32::MIN_POSITIVE)
+                && f * 32768.0 <= f64::from(f32::MAX)
+        })
+}
+
+/// [`store_scaled`] of a requantized output in i32 lanes (when [`int_epilogue`] holds): the
+/// same codes and values with a fraction of the work. Requantization is
+/// `floor((acc + 2^(s-1)) / 2^s)`. Split (INT16): with `acc = 256·hi + lo` and `s >= 9`,
+/// `acc + 2^(s-1) = 256·T + (lo & 255)` where `T = hi + (lo >> 8) + 2^(s-9)`, and since
+/// `0 <= lo & 255 < 256` divides out under the floor, the code is `T >> (s - 8)`. Within one K
+/// chunk |hi| <= 2^30 and |lo| < 2^31, so |T| <= 2^30 + 2^23 + 2^29 < 2^31 for `s <= 38`.
+/// Unsplit (INT8 modes): `T = hi + 2^(s-1)` with |hi| <= 2^23, code `T >> s`, `1 <= s <= 30`.
+/// Then saturation to i16, exactly as the f64 path; the scale multiply is exact (see
+/// [`int_epilogue`]).
+///
+/// # Safety
+/// As [`store_scaled`], with 16 f32 scales readable at `fscale`; [`int_epilogue`] holds for `s`
+/// and the scales.
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_requant_int<C: Conv, const MR: usize>(
+    hi: &[[__m256i; 2]; MR],
+    lo: &[[__m256i; 2]; MR],
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+    fscale: *const f32,
+    s: u32,
+    max: *mut f64,
+) {
+    let (bias, sh) = if C::SPLIT {
+        (1i32 << (s - 9), s - 8)
+    } else {
+        (1i32 << (s - 1), s)
+    };
+    let bias = _mm256_set1_epi32(bias);
+    let cnt = _mm_cvtsi32_si128(sh as i32);
+    let (lo16, hi16) = (_mm256_set1_epi32(-32768), _mm256_set1_epi32(32767));
+    let mut vmax = _mm256_setzero_si256();
+    // SAFETY: 16 scales readable (contract).
+    let fs = unsafe { [_mm256_loadu_ps(fscale), _mm256_loadu_ps(fscale.add(8))] };
+    for r in 0..MR {
+        let mut row = [0f32; NR];
+        for h in 0..2 {
+            let t = if C::SPLIT {
+                _mm256_add_epi32(
+                    _mm256_add_epi32(hi[r][h], _mm256_srai_epi32::<8>(lo[r][h])),
+                    bias,
+                )
+            } else {
+                _mm256_add_epi32(hi[r][h], bias)
+            };
+            let code = _mm256_min_epi32(_mm256_max_epi32(_mm256_sra_epi32(t, cnt), lo16), hi16);
+            vmax = _mm256_max_epi32(vmax, _mm256_abs_epi32(code));
+            let y = _mm256_mul_ps(_mm256_cvtepi32_ps(code), fs[h]);
+            // SAFETY: a full panel has 16 entries writable at `out + r * ldo`; `row` has 16.
+            unsafe {
+                let dst = if cols == NR {
+                    out.add(r * ldo + 8 * h)
+                } else {
+                    row.as_mut_ptr().add(8 * h)
+                };
+                _mm256_storeu_ps(dst, y);
+            }
+        }
+        if cols < NR {
+            // SAFETY: `cols` entries writable at `out + r * ldo`.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out.add(r * ldo), cols) };
+        }
+    }
+    if !max.is_null() {
+        let mut lanes = [0i32; 8];
+        // SAFETY: 8 writable i32; `max` valid (non-null, contract).
+        unsafe {
+            _mm256_storeu_si256(lanes.as_mut_ptr().cast(), vmax);
+            *max = lanes.iter().fold(*max, |m, &v| m.max(f64::from(v)));
         }
     }
 }

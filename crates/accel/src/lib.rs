@@ -70,6 +70,85 @@ pub(crate) fn split_k_commands<A: Accelerator + ?Sized>(
     Ok(())
 }
 
+/// Where [`Accelerator::gemm_requant_scatter`] hands a GEMM's dequantized output: called as
+/// `scatter(first, rows, dst)` with consecutive rows `first..first + rows.len() / n` of one group
+/// (row-major, `n` columns) and that group's part of the destination. Each group's calls come in
+/// row order from row 0 and cover the group; groups may run in parallel.
+pub type Scatter<'s> = dyn Fn(usize, &[f32], &mut [f32]) + Sync + 's;
+
+/// Host-side checks of [`Accelerator::gemm_requant_scatter`]'s grouping: `m` rows split into
+/// groups of `group_rows` and `dst_len` into as many equal parts; returns the part's length.
+pub(crate) fn check_scatter(
+    m: usize,
+    cmd_rows: usize,
+    group_rows: usize,
+    dst_len: usize,
+) -> Result<usize, AccelError> {
+    let bad = AccelError::Scatter {
+        rows: m,
+        cmd_rows,
+        group_rows,
+        dst_len,
+    };
+    if cmd_rows == 0 || group_rows == 0 || m % group_rows != 0 {
+        return Err(bad);
+    }
+    let groups = m / group_rows;
+    if groups == 0 || dst_len % groups != 0 || dst_len == 0 {
+        return Err(bad);
+    }
+    Ok(dst_len / groups)
+}
+
+/// [`Accelerator::gemm_requant_scatter`] as plain requantized commands into one whole output,
+/// dequantized as [`Accelerator::gemm_scaled`]'s default does, then handed to `scatter` group by
+/// group (one call per group).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scatter_via_commands<A: Accelerator + ?Sized>(
+    acc: &mut A,
+    a: CodeMatrix<'_>,
+    b: CodeMatrix<'_>,
+    mode: Mode,
+    shift: u32,
+    col_scale: &[f64],
+    cmd_rows: usize,
+    group_rows: usize,
+    dst: &mut [f32],
+    scatter: &Scatter<'_>,
+) -> Result<u32, AccelError> {
+    use rayon::prelude::*;
+    check_col_scale(b.cols(), col_scale)?;
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let per = check_scatter(m, cmd_rows, group_rows, dst.len())?;
+    let up = pow2_f64(shift);
+    let mut out = vec![0f32; m * n];
+    let mut q = Vec::new();
+    let mut mx = 0u32;
+    for r0 in (0..m).step_by(cmd_rows) {
+        let r1 = (r0 + cmd_rows).min(m);
+        q.resize((r1 - r0) * n, 0i16);
+        acc.gemm(
+            a.sub(r0, r1, 0, k),
+            b,
+            mode,
+            GemmOut::Requant { shift, out: &mut q },
+        )?;
+        for (orow, qrow) in out[r0 * n..r1 * n]
+            .chunks_exact_mut(n)
+            .zip(q.chunks_exact(n))
+        {
+            for ((o, &v), &s) in orow.iter_mut().zip(qrow).zip(col_scale) {
+                mx = mx.max(u32::from(v.unsigned_abs()));
+                *o = (f64::from(v) * (s * up)) as f32;
+            }
+        }
+    }
+    dst.par_chunks_mut(per)
+        .zip(out.par_chunks(group_rows * n))
+        .for_each(|(d, rows)| scatter(0, rows, d));
+    Ok(mx)
+}
+
 /// Host-side checks of [`Accelerator::gemm_scaled_split_k`]'s arguments.
 pub(crate) fn check_split(n: usize, k_piece: usize, col_scale: &[f64]) -> Result<(), AccelError> {
     if k_piece == 0 {
@@ -205,6 +284,15 @@ pub enum AccelError {
         rhs: (usize, usize),
         out: (usize, usize),
     },
+    #[error(
+        "scatter: {rows} output rows in commands of {cmd_rows} rows and groups of {group_rows} rows do not split a destination of {dst_len} elements evenly"
+    )]
+    Scatter {
+        rows: usize,
+        cmd_rows: usize,
+        group_rows: usize,
+        dst_len: usize,
+    },
     #[error("requantization shift {0} out of range: expected 0..=47")]
     Shift(u32),
     #[error("cycle model: {0}")]
@@ -301,6 +389,32 @@ pub trait Accelerator: Send {
     ) -> Result<Option<u32>, AccelError> {
         self.gemm_scaled(a, b, mode, Some(shift), col_scale, out)
             .map(|()| None)
+    }
+
+    /// Requantized commands (`OP_GEMM`, as [`Self::gemm_scaled`] with `requant = Some(shift)`),
+    /// one per block of `cmd_rows` consecutive rows of A (the last block shorter), whose
+    /// dequantized output is not kept whole: it goes to `scatter` (see [`Scatter`]) in groups of
+    /// `group_rows` rows, group `g` with the `g`-th of as many equal parts of `dst`. Returns the
+    /// largest |code| of the 16-bit output. The same values, counters and errors as the commands
+    /// one by one; a grouping that does not divide `m` and `dst` evenly, or `cmd_rows == 0`, is a
+    /// host-side error (no command). A backend may compute the output in pieces (so it never
+    /// exists whole); the default forms it whole first.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_requant_scatter(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        shift: u32,
+        col_scale: &[f64],
+        cmd_rows: usize,
+        group_rows: usize,
+        dst: &mut [f32],
+        scatter: &Scatter<'_>,
+    ) -> Result<u32, AccelError> {
+        scatter_via_commands(
+            self, a, b, mode, shift, col_scale, cmd_rows, group_rows, dst, scatter,
+        )
     }
 
     /// A long-K GEMM sent as raw commands over K pieces of at most `k_piece` terms (so that each

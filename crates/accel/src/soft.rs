@@ -348,6 +348,53 @@ impl Accelerator for SoftAccel {
         self.gemm_scaled_impl(a, b, mode, Some(shift), col_scale, out, true)
     }
 
+    fn gemm_requant_scatter(
+        &mut self,
+        a: CodeMatrix<'_>,
+        b: CodeMatrix<'_>,
+        mode: Mode,
+        shift: u32,
+        col_scale: &[f64],
+        cmd_rows: usize,
+        group_rows: usize,
+        dst: &mut [f32],
+        scatter: &crate::Scatter<'_>,
+    ) -> Result<u32, AccelError> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::intgemm::available() {
+            crate::check_col_scale(b.cols(), col_scale)?;
+            let (m, k, n) = (a.rows(), a.cols(), b.cols());
+            crate::check_scatter(m, cmd_rows, group_rows, dst.len())?;
+            // The commands in order, checked and counted as one by one; then all their rows
+            // computed in cache-sized pieces that go straight to `scatter`.
+            for r0 in (0..m).step_by(cmd_rows) {
+                let r1 = (r0 + cmd_rows).min(m);
+                if let Err(e) = check_command(&a.sub(r0, r1, 0, k), &b, (r1 - r0) * n) {
+                    return self.reject(e);
+                }
+                if shift > MAX_SHIFT {
+                    return self.reject(AccelError::Shift(shift));
+                }
+                self.book(r1 - r0, k, n, mode, OutFmt::Requant)?;
+            }
+            let up = crate::pow2_f64(shift);
+            let scale: Vec<f64> = col_scale.iter().map(|&c| c * up).collect();
+            return Ok(crate::intgemm::gemm_requant_scatter(
+                a,
+                b,
+                Operand::of(mode),
+                &scale,
+                shift,
+                group_rows,
+                dst,
+                scatter,
+            ));
+        }
+        crate::scatter_via_commands(
+            self, a, b, mode, shift, col_scale, cmd_rows, group_rows, dst, scatter,
+        )
+    }
+
     fn gemm_scaled_split_k(
         &mut self,
         a: CodeMatrix<'_>,
@@ -707,6 +754,118 @@ mod tests {
         let mut out = [0f32; 4];
         assert!(matches!(
             acc.gemm_scaled(am, bm, Mode::Int16, Some(48), &[1.0; 2], &mut out),
+            Err(AccelError::Shift(48))
+        ));
+        assert_eq!(
+            acc.live_counters().total_cycles,
+            cycles::rejected_command_cycles()
+        );
+    }
+
+    /// `gemm_requant_scatter` (fused here, and the trait's default over plain commands) gives
+    /// every group exactly the rows of the requantized commands one by one, in order and in
+    /// pieces that cover the group, counts the same commands and returns the largest |code|;
+    /// shifts around the integer epilogue's range limits (9 and 38 for INT16, 1 and 30 for
+    /// INT8) and extreme codes included.
+    #[test]
+    fn requant_scatter_equals_the_commands_one_by_one() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0707);
+        // (m, k, n, cmd_rows, group_rows): several commands whose blocks cut through groups.
+        for (case, &(m, k, n, cmd_rows, group_rows)) in [
+            (96, 16, 37, 40, 24),
+            (60, 7, 16, 60, 60),
+            (300, 300, 5, 112, 100),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for kind in 0..3u32 {
+                let a = codes(&mut rng, m * k, kind);
+                let b = codes(&mut rng, k * n, kind);
+                let am = CodeMatrix::row_major(&a, m, k).unwrap();
+                let bm = CodeMatrix::row_major(&b, k, n).unwrap();
+                let scale: Vec<f64> = (0..n).map(|j| f64::powi(2.0, j as i32 % 7 - 30)).collect();
+                for mode in [Mode::Int16, Mode::Int8] {
+                    for shift in [0, 1, 8, 9, 20, 30, 31, 38, 39, 47] {
+                        let mut whole = vec![0f32; m * n];
+                        let mut one = SoftAccel::new(4, 4).unwrap();
+                        for r0 in (0..m).step_by(cmd_rows) {
+                            let r1 = (r0 + cmd_rows).min(m);
+                            one.gemm_scaled(
+                                am.sub(r0, r1, 0, k),
+                                bm,
+                                mode,
+                                Some(shift),
+                                &scale,
+                                &mut whole[r0 * n..r1 * n],
+                            )
+                            .unwrap();
+                        }
+                        let golden = gemm_ref(&a, &b, m, k, n, mode).unwrap();
+                        let want_max = golden
+                            .iter()
+                            .map(|&v| u32::from(requantize(v, shift).unwrap().unsigned_abs()))
+                            .max()
+                            .unwrap();
+                        // The scatter writes each piece where it belongs and checks the order.
+                        let scatter = |first: usize, rows: &[f32], d: &mut [f32]| {
+                            assert_eq!(rows.len() % n, 0);
+                            if first == 0 {
+                                d.fill(f32::NAN);
+                            } else {
+                                assert!(!d[(first - 1) * n].is_nan(), "pieces in order");
+                            }
+                            d[first * n..first * n + rows.len()].copy_from_slice(rows);
+                        };
+                        let mut fused = SoftAccel::new(4, 4).unwrap();
+                        let mut dst = vec![0f32; m * n];
+                        let got = fused
+                            .gemm_requant_scatter(
+                                am, bm, mode, shift, &scale, cmd_rows, group_rows, &mut dst,
+                                &scatter,
+                            )
+                            .unwrap();
+                        let what = format!("case {case} kind {kind} {mode:?} shift {shift}");
+                        assert_eq!(
+                            dst.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{what}"
+                        );
+                        assert_eq!(got, want_max, "{what}");
+                        assert_eq!(fused.snapshot(), one.snapshot(), "{what}");
+                        let mut plain = Unfused(SoftAccel::new(4, 4).unwrap());
+                        let mut dst = vec![0f32; m * n];
+                        let got = plain
+                            .gemm_requant_scatter(
+                                am, bm, mode, shift, &scale, cmd_rows, group_rows, &mut dst,
+                                &scatter,
+                            )
+                            .unwrap();
+                        assert_eq!(dst, whole, "{what} (default)");
+                        assert_eq!(got, want_max, "{what} (default)");
+                        assert_eq!(plain.0.snapshot(), one.snapshot(), "{what} (default)");
+                    }
+                }
+            }
+        }
+        // Host-side errors: no command; a refused shift: one rejected command.
+        let a = [1i16; 8];
+        let am = CodeMatrix::row_major(&a, 4, 2).unwrap();
+        let bm = CodeMatrix::row_major(&a, 2, 4).unwrap();
+        let mut acc = SoftAccel::new(4, 4).unwrap();
+        let mut dst = [0f32; 16];
+        let nop = |_: usize, _: &[f32], _: &mut [f32]| {};
+        assert!(matches!(
+            acc.gemm_requant_scatter(am, bm, Mode::Int16, 3, &[1.0; 4], 4, 3, &mut dst, &nop),
+            Err(AccelError::Scatter { .. })
+        ));
+        assert!(matches!(
+            acc.gemm_requant_scatter(am, bm, Mode::Int16, 3, &[1.0; 4], 0, 2, &mut dst, &nop),
+            Err(AccelError::Scatter { .. })
+        ));
+        assert_eq!(acc.live_counters(), Counters::default(), "no command");
+        assert!(matches!(
+            acc.gemm_requant_scatter(am, bm, Mode::Int16, 48, &[1.0; 4], 4, 2, &mut dst, &nop),
             Err(AccelError::Shift(48))
         ));
         assert_eq!(

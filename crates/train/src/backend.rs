@@ -3,7 +3,9 @@
 //! Layers call [`Backend`] with a per-pass precision decision (forward mode, PSG on/off for the weight
 //! gradient); a backend maps that onto an `e2t_nn::GemmEngine` (fp32) or the soft accelerator.
 
-use crate::layers::{im2col, rows};
+use crate::layers::{
+    Col2im, col2im, from_rows, give_array, im2col, out_size, pooled2, pooled4, rows,
+};
 use e2t_accel::{
     AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, ConvCodes, Im2colGeom, SoftAccel,
 };
@@ -85,6 +87,32 @@ pub trait Backend: Send {
         } else {
             let cols = im2col(x, geom.0, geom.1, geom.2);
             self.backward_weight(layer, cols.view(), dy, dw, psg);
+        }
+    }
+    /// A convolution's input gradient (NHWC, `dims`) from its output gradient `dy`
+    /// `[N·Ho·Wo, Cout]` and weight `[k·k·Cin, Cout]`: [`Backend::backward_data`] into the column
+    /// gradient, then [`col2im`] (a pointwise convolution's column gradient is the input
+    /// gradient). A backend may hand the column gradient to `col2im` in pieces instead, with the
+    /// same result.
+    fn conv_backward_data(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        dims: (usize, usize, usize, usize),
+        geom: (usize, usize, usize),
+    ) -> Array4<f32> {
+        let (n, h, wd, c) = dims;
+        let (k, stride, pad) = geom;
+        // The backend writes every element (zeros after an error).
+        let mut dcols = pooled2((dy.nrows(), k * k * c));
+        self.backward_data(layer, dy, w, dcols.view_mut());
+        if geom == (1, 1, 0) {
+            from_rows(dcols, n, h, wd)
+        } else {
+            let dx = col2im(&dcols, dims, k, stride, pad);
+            give_array(dcols);
+            dx
         }
     }
     /// Monotonic counters of the work done so far (all zero for fp32).
@@ -228,8 +256,12 @@ impl AccelBackend {
     pub fn new(rows: usize, cols: usize, cfg: AccelGemmConfig) -> Result<Self, EngineError> {
         let accel = SoftAccel::new(rows, cols)
             .map_err(|e| EngineError::Config(format!("accelerator array: {e}")))?;
+        let mut gemm = AccelGemm::new(accel, cfg);
+        // Layers call backward data right after the weight gradient, on the same unchanged `dy`:
+        // its codes are made once.
+        gemm.share_grad_codes(true);
         Ok(AccelBackend {
-            gemm: AccelGemm::new(accel, cfg),
+            gemm,
             phases: PhaseCounters::default(),
             base: cfg,
         })
@@ -357,6 +389,57 @@ impl Backend for AccelBackend {
             ),
             (None, None) => panic!("conv_backward_weight needs the input or its forward's codes"),
         }
+    }
+    fn conv_backward_data(
+        &mut self,
+        layer: &str,
+        dy: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        dims: (usize, usize, usize, usize),
+        geom: (usize, usize, usize),
+    ) -> Array4<f32> {
+        let (n, h, wd, c) = dims;
+        let (k, stride, pad) = geom;
+        let (ho, wo) = (out_size(h, k, stride, pad), out_size(wd, k, stride, pad));
+        if geom == (1, 1, 0)
+            || n == 0
+            || h * wd * c == 0
+            || ho * wo == 0
+            || dy.nrows() != n * ho * wo
+        {
+            // Nothing to scatter (or a shape the GEMM reports): the plain path.
+            let mut dcols = pooled2((dy.nrows(), k * k * c));
+            self.backward_data(layer, dy, w, dcols.view_mut());
+            return if geom == (1, 1, 0) {
+                from_rows(dcols, n, h, wd)
+            } else {
+                let dx = col2im(&dcols, dims, k, stride, pad);
+                give_array(dcols);
+                dx
+            };
+        }
+        self.gemm.set_config(self.base);
+        // Each image's column-gradient rows go to `col2im` piece by piece while in cache: the
+        // `[N·Ho·Wo, k·k·Cin]` matrix is never stored.
+        let mut dx = pooled4(dims);
+        let g = Col2im {
+            h,
+            w: wd,
+            c,
+            k,
+            stride,
+            pad,
+        };
+        let xs = dx.as_slice_mut().expect("fresh array");
+        self.booked(
+            |p| &mut p.backward_data,
+            |gm| {
+                gm.backward_data_scatter(layer, dy, w, ho * wo, xs, &|first, rows, xb| {
+                    g.rows_into(first, rows, xb)
+                })
+            },
+        );
+        dx
     }
     fn counters(&mut self) -> Counters {
         self.gemm.accel().live_counters()

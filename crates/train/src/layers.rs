@@ -261,41 +261,81 @@ pub fn col2im(
     if h * w * c == 0 {
         return dx;
     }
+    let g = Col2im {
+        h,
+        w,
+        c,
+        k,
+        stride,
+        pad,
+    };
     dx.as_slice_mut()
         .expect("fresh array")
         .par_chunks_mut(h * w * c)
         .enumerate()
-        .for_each(|(b, xb)| {
+        .for_each(|(b, xb)| g.rows_into(0, &dcs[b * ho * wo * kk..(b + 1) * ho * wo * kk], xb));
+    dx
+}
+
+/// One image's geometry for [`col2im`], which it applies to pieces of the image's column
+/// gradient (so the whole matrix need not exist; see [`Col2im::rows_into`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Col2im {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Col2im {
+    /// Adds the column-gradient rows of output positions `first..` (`rows`, `k·k·c` columns) of
+    /// one image into its NHWC gradient `xb`, zeroing `xb` first when `first == 0`. Called with
+    /// consecutive pieces in order, it sums every entry's terms in the same (oy, ox, ky, kx) order
+    /// as one call with all of them, so the result is the same to the bit.
+    pub fn rows_into(&self, first: usize, rows: &[f32], xb: &mut [f32]) {
+        let Col2im {
+            h,
+            w,
+            c,
+            k,
+            stride,
+            pad,
+        } = *self;
+        let wo = out_size(w, k, stride, pad);
+        let kk = k * k * c;
+        if first == 0 {
             // Zeroed here, image by image, while the image is about to be summed into anyway.
             xb.fill(0.0);
-            let chunk = &dcs[b * ho * wo * kk..(b + 1) * ho * wo * kk];
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let row = &chunk[(oy * wo + ox) * kk..(oy * wo + ox + 1) * kk];
-                    // The kx inside the input are one run `lo..hi` whose pixels are adjacent in
-                    // NHWC: one add loop per kernel row. Every dx entry still receives its terms
-                    // in the same (oy, ox, ky, kx) order, so the sums are unchanged.
-                    let ix0 = (ox * stride) as isize - pad as isize;
-                    let lo = (-ix0).clamp(0, k as isize) as usize;
-                    let hi = (w as isize - ix0).clamp(lo as isize, k as isize) as usize;
-                    if lo == hi {
-                        continue;
-                    }
-                    for ky in 0..k {
-                        let iy = (oy * stride + ky) as isize - pad as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        let dst = (iy as usize * w + (ix0 + lo as isize) as usize) * c;
-                        add_into(
-                            &mut xb[dst..dst + (hi - lo) * c],
-                            &row[(ky * k + lo) * c..(ky * k + hi) * c],
-                        );
-                    }
-                }
+        }
+        if kk == 0 || wo == 0 {
+            return;
+        }
+        for (i, row) in rows.chunks_exact(kk).enumerate() {
+            let (oy, ox) = ((first + i) / wo, (first + i) % wo);
+            // The kx inside the input are one run `lo..hi` whose pixels are adjacent in NHWC: one
+            // add loop per kernel row. Every dx entry still receives its terms in the same
+            // (oy, ox, ky, kx) order, so the sums are unchanged.
+            let ix0 = (ox * stride) as isize - pad as isize;
+            let lo = (-ix0).clamp(0, k as isize) as usize;
+            let hi = (w as isize - ix0).clamp(lo as isize, k as isize) as usize;
+            if lo == hi {
+                continue;
             }
-        });
-    dx
+            for ky in 0..k {
+                let iy = (oy * stride + ky) as isize - pad as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let dst = (iy as usize * w + (ix0 + lo as isize) as usize) * c;
+                add_into(
+                    &mut xb[dst..dst + (hi - lo) * c],
+                    &row[(ky * k + lo) * c..(ky * k + hi) * c],
+                );
+            }
+        }
+    }
 }
 
 /// `dst[i] += src[i]`, in fixed 8-wide pieces (a loop of unknown length is vectorized 32 wide and
@@ -384,9 +424,6 @@ impl Conv2d {
         );
         (ho * wo * self.k * self.k * self.cin * self.cout) as u64
     }
-    fn is_pointwise(&self) -> bool {
-        self.k == 1 && self.stride == 1
-    }
     pub fn forward(&mut self, be: &mut dyn Backend, x: &Array4<f32>, ctx: Ctx) -> Array4<f32> {
         let (n, h, w, _) = x.dim();
         let (ho, wo) = (
@@ -449,17 +486,13 @@ impl Conv2d {
         if !need_dx {
             return None;
         }
-        // The backend writes every element (zeros after an error).
-        let mut dcols = pooled2((dy2.nrows(), self.k * self.k * self.cin));
-        be.backward_data(&id, dy2, self.w.value.view(), dcols.view_mut());
-        if self.is_pointwise() {
-            let (n, h, w, _) = dims;
-            Some(from_rows(dcols, n, h, w))
-        } else {
-            let dx = col2im(&dcols, dims, self.k, self.stride, self.pad);
-            give_array(dcols);
-            Some(dx)
-        }
+        Some(be.conv_backward_data(
+            &id,
+            dy2,
+            self.w.value.view(),
+            dims,
+            (self.k, self.stride, self.pad),
+        ))
     }
 }
 
@@ -1048,6 +1081,44 @@ mod tests {
     }
 
     /// col2im's output comes from the pool: stale contents (NaN here) must not leak into it.
+    /// The accelerator backend's conv backward data, whose column gradient goes to `col2im`
+    /// in pieces, equals backward data into the whole matrix followed by `col2im` (bit for
+    /// bit, with the same counters), over two steps so the shift history is used.
+    #[test]
+    fn scattered_conv_backward_data_equals_col2im_of_the_whole_matrix() {
+        use crate::backend::{AccelBackend, Backend};
+        let mut rng = ChaCha8Rng::seed_from_u64(0x5eed_0709);
+        for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (1, 2, 0)] {
+            let (n, h, w, c, cout) = (3, 7, 6, 4, 5);
+            let (ho, wo) = (out_size(h, k, stride, pad), out_size(w, k, stride, pad));
+            let wt = Array2::from_shape_simple_fn((k * k * c, cout), || rng.random::<f32>() - 0.5);
+            let cfg = e2t_accel::AccelGemmConfig::baseline();
+            let mut fused = AccelBackend::new(4, 4, cfg).unwrap();
+            let mut plain = AccelBackend::new(4, 4, cfg).unwrap();
+            for step in 0..2 {
+                let dy = Array2::from_shape_simple_fn((n * ho * wo, cout), || {
+                    (rng.random::<f32>() - 0.5) * (step + 1) as f32
+                });
+                let got = fused.conv_backward_data(
+                    "l",
+                    dy.view(),
+                    wt.view(),
+                    (n, h, w, c),
+                    (k, stride, pad),
+                );
+                let mut dcols = Array2::zeros((n * ho * wo, k * k * c));
+                plain.backward_data("l", dy.view(), wt.view(), dcols.view_mut());
+                let want = col2im(&dcols, (n, h, w, c), k, stride, pad);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "k {k} stride {stride} step {step}"
+                );
+                assert_eq!(fused.counters(), plain.counters());
+            }
+        }
+    }
+
     #[test]
     fn col2im_ignores_recycled_contents() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
