@@ -139,8 +139,8 @@ pub struct MethodConfig {
     /// unlike evaluation does).
     #[serde(default)]
     pub slu_noise_peak_lr: f32,
-    /// Start every gated block as the identity: the BatchNorm whose output joins the shortcut
-    /// starts with gamma = 0, so executing or skipping a block gives the same output until the block
+    /// Start every gated block whose shortcut is the identity as the identity: the BatchNorm whose
+    /// output joins the shortcut starts with gamma = 0, so executing or skipping a block gives the same output until the block
     /// has learnt something. Stochastic gating then does not disturb the rest of the network early
     /// in training (ResNet-20, 12,000 images x 4 epochs, target 0.15: docs/results.md, session 7).
     /// The reference initialises gamma = 1.

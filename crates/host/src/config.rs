@@ -129,8 +129,8 @@ pub struct Settings {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slu_anneal: Option<bool>,
-    /// SLU: start every gated block as the identity (gamma = 0 in the BatchNorm that joins the
-    /// shortcut), so early stochastic gating does not disturb the network (false: the reference's
+    /// SLU: start every gated block with an identity shortcut as the identity (gamma = 0 in the
+    /// BatchNorm that joins the shortcut), so early stochastic gating does not disturb the network (false: the reference's
     /// gamma = 1) [default: true]
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]

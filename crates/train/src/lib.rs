@@ -10,7 +10,7 @@
 //!   the target; deterministic `p > 0.5` at evaluation. Training decisions are `p > u` with `u`'s
 //!   noise narrowed from the reference's U(0, 1) to the evaluation rule as the learning rate decays
 //!   (`MethodConfig::slu_noise_peak_lr`; off gives the reference's rule bit for bit). Gated blocks
-//!   start as the identity (`MethodConfig::slu_identity_init`: gamma = 0 in the BN that joins the
+//!   with an identity shortcut start as the identity (`MethodConfig::slu_identity_init`: gamma = 0 in the BN that joins the
 //!   shortcut).
 //! - **PSG**: forward GEMMs in INT8, input gradients in INT16, convolution weight gradients as
 //!   predicted signs (INT8 prediction, INT16 recompute of uncertain tiles, done by the accelerator),

@@ -1190,6 +1190,24 @@ fn slu_identity_init_starts_gated_blocks_as_the_identity() {
             assert_eq!(eng.net_mut().identity_init_gated(), gated, "{model}");
         }
     }
+    // Shape-changing gated blocks (all of ResNet-8's) keep gamma = 1.
+    let method = MethodConfig {
+        precision: Precision::Fp32,
+        slu: true,
+        slu_identity_init: true,
+        ..MethodConfig::fp32()
+    };
+    let cfg = tiny_cfg(ModelKind::ResNet { depth: 8 }, 8, method);
+    let mut eng = E2TrainEngine::with_backend(cfg, Box::new(fp32_backend())).expect("engine");
+    assert_eq!(eng.gated_blocks().len(), 2);
+    assert_eq!(eng.net_mut().identity_init_gated(), 0);
+    let mut gammas = Vec::new();
+    eng.net_mut().visit_params(&mut |p| {
+        if p.name.ends_with(".bn2.weight") {
+            gammas.push(p.value.sum());
+        }
+    });
+    assert!(gammas.iter().all(|&g| g > 0.0), "{gammas:?}");
 }
 
 #[test]
