@@ -4,7 +4,7 @@
 //! gradient); a backend maps that onto an `e2t_nn::GemmEngine` (fp32) or the soft accelerator.
 
 use crate::layers::{
-    Col2im, col2im, from_rows, give_array, im2col, out_size, pooled2, pooled4, rows,
+    col2im, col2im_rows_into, from_rows, give_array, im2col, out_size, pooled2, pooled4, rows,
 };
 use e2t_accel::{
     AccelGemm, AccelGemmConfig, AccelGemmState, BackwardWeight, ConvCodes, Im2colGeom, SoftAccel,
@@ -422,7 +422,8 @@ impl Backend for AccelBackend {
         // Each image's column-gradient rows go to `col2im` piece by piece while in cache: the
         // `[N·Ho·Wo, k·k·Cin]` matrix is never stored.
         let mut dx = pooled4(dims);
-        let g = Col2im {
+        let g = Im2colGeom {
+            n,
             h,
             w: wd,
             c,
@@ -435,7 +436,7 @@ impl Backend for AccelBackend {
             |p| &mut p.backward_data,
             |gm| {
                 gm.backward_data_scatter(layer, dy, w, ho * wo, xs, &|first, rows, xb| {
-                    g.rows_into(first, rows, xb)
+                    col2im_rows_into(&g, first, rows, xb)
                 })
             },
         );

@@ -5,7 +5,7 @@
 //! transpose, and a sub-batch (SLU's executed samples) is a plain row selection.
 
 use crate::backend::Backend;
-use e2t_accel::ConvCodes;
+use e2t_accel::{ConvCodes, Im2colGeom};
 use e2t_core::Mode;
 use ndarray::{Array, Array1, Array2, Array4, ArrayView2, Axis, Dimension, s};
 use rand::Rng;
@@ -261,7 +261,8 @@ pub fn col2im(
     if h * w * c == 0 {
         return dx;
     }
-    let g = Col2im {
+    let g = Im2colGeom {
+        n: dims.0,
         h,
         w,
         c,
@@ -273,67 +274,57 @@ pub fn col2im(
         .expect("fresh array")
         .par_chunks_mut(h * w * c)
         .enumerate()
-        .for_each(|(b, xb)| g.rows_into(0, &dcs[b * ho * wo * kk..(b + 1) * ho * wo * kk], xb));
+        .for_each(|(b, xb)| {
+            col2im_rows_into(&g, 0, &dcs[b * ho * wo * kk..(b + 1) * ho * wo * kk], xb)
+        });
     dx
 }
 
-/// One image's geometry for [`col2im`], which it applies to pieces of the image's column
-/// gradient (so the whole matrix need not exist; see [`Col2im::rows_into`]).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Col2im {
-    pub h: usize,
-    pub w: usize,
-    pub c: usize,
-    pub k: usize,
-    pub stride: usize,
-    pub pad: usize,
-}
-
-impl Col2im {
-    /// Adds the column-gradient rows of output positions `first..` (`rows`, `k·k·c` columns) of
-    /// one image into its NHWC gradient `xb`, zeroing `xb` first when `first == 0`. Called with
-    /// consecutive pieces in order, it sums every entry's terms in the same (oy, ox, ky, kx) order
-    /// as one call with all of them, so the result is the same to the bit.
-    pub fn rows_into(&self, first: usize, rows: &[f32], xb: &mut [f32]) {
-        let Col2im {
-            h,
-            w,
-            c,
-            k,
-            stride,
-            pad,
-        } = *self;
-        let wo = out_size(w, k, stride, pad);
-        let kk = k * k * c;
-        if first == 0 {
-            // Zeroed here, image by image, while the image is about to be summed into anyway.
-            xb.fill(0.0);
+/// [`col2im`] of pieces of one image's column gradient (so the whole matrix need not exist):
+/// adds the rows of output positions `first..` (`rows`, `k·k·c` columns) into the image's NHWC
+/// gradient `xb` (geometry `g`; `g.n` is not used), zeroing `xb` first when `first == 0`. Called
+/// with consecutive pieces in order, it sums every entry's terms in the same (oy, ox, ky, kx) order
+/// as one call with all of them, so the result is the same to the bit.
+pub(crate) fn col2im_rows_into(g: &Im2colGeom, first: usize, rows: &[f32], xb: &mut [f32]) {
+    let Im2colGeom {
+        h,
+        w,
+        c,
+        k,
+        stride,
+        pad,
+        ..
+    } = *g;
+    let wo = out_size(w, k, stride, pad);
+    let kk = k * k * c;
+    if first == 0 {
+        // Zeroed here, image by image, while the image is about to be summed into anyway.
+        xb.fill(0.0);
+    }
+    if kk == 0 || wo == 0 {
+        return;
+    }
+    for (i, row) in rows.chunks_exact(kk).enumerate() {
+        let (oy, ox) = ((first + i) / wo, (first + i) % wo);
+        // The kx inside the input are one run `lo..hi` whose pixels are adjacent in NHWC: one
+        // add loop per kernel row. Every dx entry still receives its terms in the same
+        // (oy, ox, ky, kx) order, so the sums are unchanged.
+        let ix0 = (ox * stride) as isize - pad as isize;
+        let lo = (-ix0).clamp(0, k as isize) as usize;
+        let hi = (w as isize - ix0).clamp(lo as isize, k as isize) as usize;
+        if lo == hi {
+            continue;
         }
-        if kk == 0 || wo == 0 {
-            return;
-        }
-        for (i, row) in rows.chunks_exact(kk).enumerate() {
-            let (oy, ox) = ((first + i) / wo, (first + i) % wo);
-            // The kx inside the input are one run `lo..hi` whose pixels are adjacent in NHWC: one
-            // add loop per kernel row. Every dx entry still receives its terms in the same
-            // (oy, ox, ky, kx) order, so the sums are unchanged.
-            let ix0 = (ox * stride) as isize - pad as isize;
-            let lo = (-ix0).clamp(0, k as isize) as usize;
-            let hi = (w as isize - ix0).clamp(lo as isize, k as isize) as usize;
-            if lo == hi {
+        for ky in 0..k {
+            let iy = (oy * stride + ky) as isize - pad as isize;
+            if iy < 0 || iy >= h as isize {
                 continue;
             }
-            for ky in 0..k {
-                let iy = (oy * stride + ky) as isize - pad as isize;
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let dst = (iy as usize * w + (ix0 + lo as isize) as usize) * c;
-                add_into(
-                    &mut xb[dst..dst + (hi - lo) * c],
-                    &row[(ky * k + lo) * c..(ky * k + hi) * c],
-                );
-            }
+            let dst = (iy as usize * w + (ix0 + lo as isize) as usize) * c;
+            add_into(
+                &mut xb[dst..dst + (hi - lo) * c],
+                &row[(ky * k + lo) * c..(ky * k + hi) * c],
+            );
         }
     }
 }
